@@ -1,0 +1,149 @@
+//! The config file as written: every key optional, unknown keys refused.
+//!
+//! These types only mirror the YAML. Defaults, environment overrides and
+//! cross-field checks happen in the second step, so that a parse error can
+//! always point at the line the operator wrote.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners and limits of the HTTP server.
+    pub server: Option<RawServer>,
+    /// Logging.
+    pub log: Option<RawLog>,
+    /// The database.
+    pub database: Option<RawDatabase>,
+    /// Redis, for limits shared between replicas.
+    pub redis_url: Option<String>,
+    /// Gateway authentication (seed 000 §2).
+    pub auth: Option<RawAuth>,
+    /// OpenAI-compatible upstreams.
+    pub upstreams: Option<Vec<RawUpstream>>,
+    /// Models clients may ask for.
+    pub models: Option<Vec<RawModel>>,
+    /// Rate limits.
+    pub limits: Option<RawLimits>,
+}
+
+/// `server:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Main listener address.
+    pub listen: Option<String>,
+    /// Ops listener address.
+    pub ops_listen: Option<String>,
+    /// Directory for SQLite and development keys.
+    pub data_dir: Option<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: Option<u64>,
+    /// How long shutdown waits for in-flight requests and streams.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// `log:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: Option<String>,
+    /// A `tracing` filter such as `info` or `aibox=debug,info`.
+    pub level: Option<String>,
+}
+
+/// `database:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub url: Option<String>,
+}
+
+/// `auth:` (seed 000 §2).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Whether requests must carry a valid token.
+    pub enabled: Option<bool>,
+    /// The identity provider's JWKS endpoint.
+    pub jwks_url: Option<String>,
+    /// The exact issuer tokens must carry.
+    pub issuer: Option<String>,
+}
+
+/// One entry of `upstreams:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Unique name, used by model targets.
+    pub name: String,
+    /// Base URL including `/v1`.
+    pub base_url: String,
+    /// Name of the environment variable holding the upstream's API key.
+    pub api_key_env: Option<String>,
+    /// Timeouts.
+    pub timeouts: Option<RawTimeouts>,
+}
+
+/// `timeouts:` of an upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP (and TLS) connect.
+    pub connect_ms: Option<u64>,
+    /// From sending the request to the response headers.
+    pub first_byte_ms: Option<u64>,
+    /// Longest silence between two chunks of a body.
+    pub idle_ms: Option<u64>,
+    /// The whole exchange.
+    pub total_ms: Option<u64>,
+}
+
+/// One entry of `models:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The name clients use.
+    pub name: String,
+    /// Other names clients may use for it.
+    pub aliases: Option<Vec<String>>,
+    /// Ordered fallback list.
+    pub targets: Vec<RawTarget>,
+}
+
+/// One target of a model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// The upstream's `name`.
+    pub upstream: String,
+    /// The model name sent upstream; defaults to the model's `name`.
+    pub model: Option<String>,
+}
+
+/// `limits:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Applies to each tenant.
+    pub tenant: Option<RawRate>,
+    /// Applies to each user.
+    pub user: Option<RawRate>,
+    /// Per-tenant overrides of `tenant`.
+    pub tenants: Option<BTreeMap<String, RawRate>>,
+}
+
+/// A rate: absent means unlimited.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// Requests per minute.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt plus completion) per minute.
+    pub tokens_per_minute: Option<u64>,
+}

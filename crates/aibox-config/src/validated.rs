@@ -1,0 +1,985 @@
+//! The second loading step: defaults, environment overrides, validation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aibox_core::{Secret, TenantId};
+use serde::Serialize;
+
+use crate::env::{self, Env};
+use crate::error::{ConfigError, Origin};
+use crate::locate::{Seg, locate};
+use crate::raw::{RawConfig, RawRate, RawTimeouts};
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file it was loaded from, if any.
+    pub source: Option<PathBuf>,
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The database.
+    pub database: DatabaseUrl,
+    /// Redis, when limits and replay state are shared between replicas.
+    pub redis_url: Option<Secret>,
+    /// Gateway authentication.
+    pub auth: AuthConfig,
+    /// Upstreams, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Configured models; empty means "whatever the upstreams list".
+    pub models: Vec<ModelConfig>,
+    /// Rate limits.
+    pub limits: LimitsConfig,
+}
+
+/// `server:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    /// Main listener.
+    pub listen: SocketAddr,
+    /// Ops listener.
+    pub ops_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Drain budget at shutdown.
+    #[serde(serialize_with = "secs")]
+    pub shutdown_grace: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// Format.
+    pub format: LogFormat,
+    /// `tracing` filter directive.
+    pub level: String,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseUrl {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (may hold a password).
+    Postgres(Secret),
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DatabaseUrl::Sqlite(p) => s.serialize_str(&format!("sqlite://{}", p.display())),
+            DatabaseUrl::Postgres(url) => s.serialize_str(&redact_userinfo(url.expose())),
+        }
+    }
+}
+
+/// `auth:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    /// Whether tokens are required.
+    pub enabled: bool,
+    /// JWKS endpoint.
+    pub jwks_url: Option<String>,
+    /// Exact issuer.
+    pub issuer: Option<String>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timeouts {
+    /// Connect.
+    #[serde(serialize_with = "millis")]
+    pub connect: Duration,
+    /// Until response headers.
+    #[serde(serialize_with = "millis")]
+    pub first_byte: Duration,
+    /// Between body chunks.
+    #[serde(serialize_with = "millis")]
+    pub idle: Duration,
+    /// Whole exchange.
+    #[serde(serialize_with = "millis")]
+    pub total: Duration,
+}
+
+/// One upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    /// Unique name.
+    pub name: String,
+    /// Base URL without trailing slash, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// The variable the key came from.
+    pub api_key_env: Option<String>,
+    /// The key itself.
+    pub api_key: Option<Secret>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// One target of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetConfig {
+    /// Index into [`Config::upstreams`].
+    #[serde(skip)]
+    pub upstream: usize,
+    /// The upstream's name, for display.
+    #[serde(rename = "upstream")]
+    pub upstream_name: String,
+    /// The model name sent upstream.
+    pub model: String,
+}
+
+/// One model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    /// Client-facing name.
+    pub name: String,
+    /// Other client-facing names.
+    pub aliases: Vec<String>,
+    /// Ordered fallback list.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// A rate; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    /// Requests per minute.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// `limits:`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LimitsConfig {
+    /// Per tenant.
+    pub tenant: Rate,
+    /// Per user.
+    pub user: Rate,
+    /// Overrides of `tenant` for named tenants.
+    pub tenants: BTreeMap<TenantId, Rate>,
+}
+
+impl LimitsConfig {
+    /// The tenant rate that applies to `tenant`.
+    pub fn tenant_rate(&self, tenant: &TenantId) -> Rate {
+        self.tenants.get(tenant).copied().unwrap_or(self.tenant)
+    }
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Replaces the password of a URL with `[REDACTED]`.
+fn redact_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(aibox_core::secret::REDACTED));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => aibox_core::secret::REDACTED.to_owned(),
+    }
+}
+
+/// The default upstream: Ollama's OpenAI-compatible endpoint.
+pub const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:11434/v1";
+
+const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
+
+/// Loads the configuration: `path` if given, else `AIBOX_CONFIG`, else
+/// [`crate::DEFAULT_CONFIG_PATH`] if it exists, else built-in defaults; then
+/// the environment overrides.
+pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+    let chosen: Option<PathBuf> = match (path, env.get(env::AIBOX_CONFIG)) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            let p = PathBuf::from(crate::DEFAULT_CONFIG_PATH);
+            p.is_file().then_some(p)
+        }
+    };
+    match chosen {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            load_from_str(&text, Some(&p), env)
+        }
+        None => load_from_str("", None, env),
+    }
+}
+
+struct Ctx<'a> {
+    path: Option<&'a Path>,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn origin(&self, key: &[Seg<'_>]) -> Origin {
+        match self.path {
+            Some(p) => Origin::File {
+                path: p.to_path_buf(),
+                line: locate(self.text, key),
+            },
+            None => Origin::Default,
+        }
+    }
+
+    fn invalid(
+        &self,
+        key: &[Seg<'_>],
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin(key),
+            key: dotted(key),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+fn env_invalid(
+    var: &'static str,
+    key: &str,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        origin: Origin::Env(var),
+        key: key.to_owned(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+fn dotted(key: &[Seg<'_>]) -> String {
+    let mut s = String::new();
+    for seg in key {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn has_content(text: &str) -> bool {
+    text.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && t != "---"
+    })
+}
+
+fn parse_raw(text: &str, path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    if !has_content(text) {
+        return Ok(RawConfig::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner();
+        let line = inner.location().map(|l| l.line());
+        let raw_msg = inner.to_string();
+        // serde_yaml appends " at line L column C"; the origin already says it.
+        let message = raw_msg
+            .split(" at line ")
+            .next()
+            .unwrap_or(&raw_msg)
+            .to_owned();
+        let fix = if let Some(rest) = message.strip_prefix("unknown field") {
+            let expected = rest.split_once("expected").map(|(_, e)| e.trim()).unwrap_or("");
+            if expected.is_empty() {
+                "remove the key; this section takes no keys".to_owned()
+            } else {
+                format!("remove the key or correct its spelling (expected {expected}); the README lists every key")
+            }
+        } else if message.starts_with("missing field") {
+            "add the missing key; the README lists every key".to_owned()
+        } else if message.starts_with("invalid type") {
+            "give a value of the expected type".to_owned()
+        } else {
+            "correct the YAML at that position".to_owned()
+        };
+        ConfigError::Parse {
+            origin: match path {
+                Some(p) => Origin::File {
+                    path: p.to_path_buf(),
+                    line,
+                },
+                None => Origin::Default,
+            },
+            key: if key == "." { "(document)".to_owned() } else { key },
+            message,
+            fix,
+        }
+    })
+}
+
+/// Loads from YAML text; `path` is used in messages.
+pub fn load_from_str(text: &str, path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+    let raw = parse_raw(text, path)?;
+    let ctx = Ctx { path, text };
+    validate(raw, &ctx, env)
+}
+
+fn parse_addr(
+    ctx: &Ctx<'_>,
+    env: &Env,
+    var: &'static str,
+    key: &[Seg<'_>],
+    file: Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let fix = "use IP:PORT, for example 127.0.0.1:8080 or [::1]:8080";
+    if let Some(v) = env.get(var) {
+        return v.parse().map_err(|_| {
+            env_invalid(
+                var,
+                &dotted(key),
+                format!("'{v}' is not an IP:PORT address"),
+                fix,
+            )
+        });
+    }
+    let v = file.unwrap_or_else(|| default.to_owned());
+    v.parse()
+        .map_err(|_| ctx.invalid(key, format!("'{v}' is not an IP:PORT address"), fix))
+}
+
+fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigError> {
+    use Seg::{Index, Key};
+
+    let rs = raw.server.unwrap_or_default();
+    let listen = parse_addr(
+        ctx,
+        env,
+        env::AIBOX_LISTEN,
+        &[Key("server"), Key("listen")],
+        rs.listen,
+        "127.0.0.1:8080",
+    )?;
+    let ops_listen = parse_addr(
+        ctx,
+        env,
+        env::AIBOX_OPS_LISTEN,
+        &[Key("server"), Key("ops_listen")],
+        rs.ops_listen,
+        "127.0.0.1:9000",
+    )?;
+    if listen == ops_listen && listen.port() != 0 {
+        return Err(ctx.invalid(
+            &[Key("server"), Key("ops_listen")],
+            format!("the ops listener {ops_listen} is the same address as the main listener"),
+            "give the ops listener its own port; it must never share the public listener",
+        ));
+    }
+    let data_dir = match env.get(env::AIBOX_DATA_DIR) {
+        Some(v) if v.is_empty() => {
+            return Err(env_invalid(
+                env::AIBOX_DATA_DIR,
+                "server.data_dir",
+                "it is empty",
+                "set a directory path",
+            ));
+        }
+        Some(v) => PathBuf::from(v),
+        None => match rs.data_dir {
+            Some(d) if d.is_empty() => {
+                return Err(ctx.invalid(
+                    &[Key("server"), Key("data_dir")],
+                    "it is empty",
+                    "set a directory path such as ./data",
+                ));
+            }
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from("./data"),
+        },
+    };
+    let max_body = match env.get(env::AIBOX_MAX_BODY_BYTES) {
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            env_invalid(
+                env::AIBOX_MAX_BODY_BYTES,
+                "server.max_body_bytes",
+                format!("'{v}' is not a number"),
+                "give a byte count such as 4194304",
+            )
+        })?,
+        None => rs.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+    };
+    if !(1024..=1 << 30).contains(&max_body) {
+        return Err(ctx.invalid(
+            &[Key("server"), Key("max_body_bytes")],
+            format!("{max_body} is outside 1024..=1073741824"),
+            "give a byte count between 1 KiB and 1 GiB (default 4194304)",
+        ));
+    }
+    let grace = rs.shutdown_grace_secs.unwrap_or(30);
+    if grace > 3600 {
+        return Err(ctx.invalid(
+            &[Key("server"), Key("shutdown_grace_secs")],
+            format!("{grace} is over 3600"),
+            "give at most 3600 seconds",
+        ));
+    }
+
+    let rl = raw.log.unwrap_or_default();
+    let format_text = env
+        .get(env::AIBOX_LOG_FORMAT)
+        .cloned()
+        .or(rl.format)
+        .unwrap_or_else(|| "text".into());
+    let format = match format_text.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            let msg = format!("'{other}' is not a log format");
+            return Err(if env.contains_key(env::AIBOX_LOG_FORMAT) {
+                env_invalid(env::AIBOX_LOG_FORMAT, "log.format", msg, "use text or json")
+            } else {
+                ctx.invalid(&[Key("log"), Key("format")], msg, "use text or json")
+            });
+        }
+    };
+    let level = env
+        .get(env::AIBOX_LOG_LEVEL)
+        .cloned()
+        .or(rl.level)
+        .unwrap_or_else(|| "info".into());
+
+    let database = match env
+        .get(env::AIBOX_DATABASE_URL)
+        .cloned()
+        .or(raw.database.and_then(|d| d.url))
+    {
+        None => DatabaseUrl::Sqlite(data_dir.join("aibox.db")),
+        Some(u) => parse_database_url(&u).ok_or_else(|| {
+            let msg = "it is neither sqlite://PATH nor postgres://...".to_owned();
+            let fix = "use sqlite://./data/aibox.db or postgres://USER@HOST:5432/DB";
+            if env.contains_key(env::AIBOX_DATABASE_URL) {
+                env_invalid(env::AIBOX_DATABASE_URL, "database.url", msg, fix)
+            } else {
+                ctx.invalid(&[Key("database"), Key("url")], msg, fix)
+            }
+        })?,
+    };
+
+    let redis_url = match env.get(env::AIBOX_REDIS_URL).cloned().or(raw.redis_url) {
+        None => None,
+        Some(u) if u.is_empty() => None,
+        Some(u) => Some(
+            parse_redis_url(&u, env.get(env::REDIS_PASSWORD)).map_err(|msg| {
+                let fix =
+                    "use redis://HOST:6379/0 or rediss://... ; put the password in REDIS_PASSWORD";
+                if env.contains_key(env::AIBOX_REDIS_URL) {
+                    env_invalid(env::AIBOX_REDIS_URL, "redis_url", msg, fix)
+                } else {
+                    ctx.invalid(&[Key("redis_url")], msg, fix)
+                }
+            })?,
+        ),
+    };
+
+    let ra = raw.auth.unwrap_or_default();
+    let enabled = match env.get(env::AIBOX_AUTH_ENABLED) {
+        Some(v) => parse_bool(v).ok_or_else(|| {
+            env_invalid(
+                env::AIBOX_AUTH_ENABLED,
+                "auth.enabled",
+                format!("'{v}' is not a boolean"),
+                "use true or false",
+            )
+        })?,
+        None => ra.enabled.unwrap_or(false),
+    };
+    let jwks_url = env.get(env::AIBOX_AUTH_JWKS_URL).cloned().or(ra.jwks_url);
+    let issuer = env.get(env::AIBOX_AUTH_ISSUER).cloned().or(ra.issuer);
+    for (name, value) in [("jwks_url", &jwks_url), ("issuer", &issuer)] {
+        match value {
+            None if enabled => {
+                return Err(ctx.invalid(
+                    &[Key("auth"), Key(name)],
+                    format!("auth.enabled is true but auth.{name} is not set"),
+                    format!("set auth.{name} (see seed 000 §2), or set auth.enabled: false for loopback-only development"),
+                ));
+            }
+            Some(v) if !is_http_url(v) => {
+                return Err(ctx.invalid(
+                    &[Key("auth"), Key(name)],
+                    format!("'{v}' is not an http(s) URL"),
+                    "give the full URL including scheme, host and port",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let auth = AuthConfig {
+        enabled,
+        jwks_url,
+        issuer,
+    };
+
+    let mut upstreams = Vec::new();
+    let raw_upstreams = raw.upstreams.unwrap_or_default();
+    if raw_upstreams.is_empty() {
+        upstreams.push(UpstreamConfig {
+            name: "ollama".into(),
+            base_url: DEFAULT_UPSTREAM_URL.into(),
+            api_key_env: None,
+            api_key: None,
+            timeouts: timeouts(RawTimeouts::default(), ctx, &[])?,
+        });
+    }
+    for (i, u) in raw_upstreams.into_iter().enumerate() {
+        let key = |k| [Key("upstreams"), Index(i), Key(k)];
+        if !valid_name(&u.name) {
+            return Err(ctx.invalid(
+                &key("name"),
+                format!("'{}' is not a valid name", u.name),
+                "use 1-64 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if upstreams.iter().any(|p: &UpstreamConfig| p.name == u.name) {
+            return Err(ctx.invalid(
+                &key("name"),
+                format!("upstream '{}' is defined twice", u.name),
+                "give each upstream a unique name",
+            ));
+        }
+        let base_url = normalize_base_url(&u.base_url).map_err(|msg| {
+            ctx.invalid(&key("base_url"), msg, "give an http(s) URL such as http://127.0.0.1:11434/v1, without credentials, query or fragment")
+        })?;
+        let api_key = match &u.api_key_env {
+            None => None,
+            Some(var) => match env.get(var) {
+                Some(v) if !v.is_empty() => Some(Secret::new(v.clone())),
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("api_key_env"),
+                        format!("environment variable {var} is not set or empty"),
+                        format!("export {var} (or put it in .env), or remove api_key_env"),
+                    ));
+                }
+            },
+        };
+        let t = timeouts(
+            u.timeouts.unwrap_or_default(),
+            ctx,
+            &[Key("upstreams"), Index(i), Key("timeouts")],
+        )?;
+        upstreams.push(UpstreamConfig {
+            name: u.name,
+            base_url,
+            api_key_env: u.api_key_env,
+            api_key,
+            timeouts: t,
+        });
+    }
+
+    let mut models: Vec<ModelConfig> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for (i, m) in raw.models.unwrap_or_default().into_iter().enumerate() {
+        let aliases = m.aliases.unwrap_or_default();
+        for (j, n) in std::iter::once(&m.name).chain(aliases.iter()).enumerate() {
+            let k: Vec<Seg<'_>> = if j == 0 {
+                vec![Key("models"), Index(i), Key("name")]
+            } else {
+                vec![Key("models"), Index(i), Key("aliases")]
+            };
+            if n.is_empty() || n.len() > 256 || n.chars().any(char::is_control) {
+                return Err(ctx.invalid(
+                    &k,
+                    format!("'{n}' is not a valid model name"),
+                    "use 1-256 printable characters",
+                ));
+            }
+            if !seen.insert(n.clone()) {
+                return Err(ctx.invalid(
+                    &k,
+                    format!("model name '{n}' is used twice"),
+                    "each name and alias must be unique across models",
+                ));
+            }
+        }
+        if m.targets.is_empty() {
+            return Err(ctx.invalid(
+                &[Key("models"), Index(i), Key("targets")],
+                "a model needs at least one target",
+                "add a target: { upstream: NAME, model: UPSTREAM_MODEL }",
+            ));
+        }
+        let mut targets = Vec::new();
+        for (j, t) in m.targets.into_iter().enumerate() {
+            let idx = upstreams
+                .iter()
+                .position(|u| u.name == t.upstream)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    ctx.invalid(
+                        &[
+                            Key("models"),
+                            Index(i),
+                            Key("targets"),
+                            Index(j),
+                            Key("upstream"),
+                        ],
+                        format!("upstream '{}' is not defined", t.upstream),
+                        format!("use one of: {}", known.join(", ")),
+                    )
+                })?;
+            targets.push(TargetConfig {
+                upstream: idx,
+                upstream_name: t.upstream,
+                model: t.model.unwrap_or_else(|| m.name.clone()),
+            });
+        }
+        models.push(ModelConfig {
+            name: m.name,
+            aliases,
+            targets,
+        });
+    }
+
+    let rl = raw.limits.unwrap_or_default();
+    let tenant = rate(rl.tenant, ctx, &[Key("limits"), Key("tenant")])?;
+    let user = rate(rl.user, ctx, &[Key("limits"), Key("user")])?;
+    let mut tenants = BTreeMap::new();
+    for (name, r) in rl.tenants.unwrap_or_default() {
+        let key = [Key("limits"), Key("tenants"), Key(name.as_str())];
+        let id = TenantId::new(name.clone())
+            .map_err(|e| ctx.invalid(&key, e.to_string(), "use a valid tenant id"))?;
+        let r = rate(Some(r), ctx, &key)?;
+        tenants.insert(id, r);
+    }
+
+    Ok(Config {
+        source: ctx.path.map(Path::to_path_buf),
+        server: ServerConfig {
+            listen,
+            ops_listen,
+            data_dir,
+            max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            shutdown_grace: Duration::from_secs(grace),
+        },
+        log: LogConfig { format, level },
+        database,
+        redis_url,
+        auth,
+        upstreams,
+        models,
+        limits: LimitsConfig {
+            tenant,
+            user,
+            tenants,
+        },
+    })
+}
+
+fn rate(r: Option<RawRate>, ctx: &Ctx<'_>, key: &[Seg<'_>]) -> Result<Rate, ConfigError> {
+    let r = r.unwrap_or_default();
+    for (name, v) in [
+        ("requests_per_minute", r.requests_per_minute),
+        ("tokens_per_minute", r.tokens_per_minute),
+    ] {
+        if v == Some(0) {
+            let mut k = key.to_vec();
+            k.push(Seg::Key(name));
+            return Err(ctx.invalid(
+                &k,
+                "0 would refuse every request",
+                "give a positive number, or remove the key for no limit",
+            ));
+        }
+    }
+    Ok(Rate {
+        requests_per_minute: r.requests_per_minute,
+        tokens_per_minute: r.tokens_per_minute,
+    })
+}
+
+fn timeouts(t: RawTimeouts, ctx: &Ctx<'_>, key: &[Seg<'_>]) -> Result<Timeouts, ConfigError> {
+    let get = |name: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+        let v = v.unwrap_or(default);
+        if v == 0 || v > 86_400_000 {
+            let mut k = key.to_vec();
+            k.push(Seg::Key(name));
+            return Err(ctx.invalid(
+                &k,
+                format!("{v} ms is outside 1..=86400000"),
+                "give milliseconds between 1 and 86400000",
+            ));
+        }
+        Ok(Duration::from_millis(v))
+    };
+    let out = Timeouts {
+        connect: get("connect_ms", t.connect_ms, 5_000)?,
+        first_byte: get("first_byte_ms", t.first_byte_ms, 120_000)?,
+        idle: get("idle_ms", t.idle_ms, 60_000)?,
+        total: get("total_ms", t.total_ms, 600_000)?,
+    };
+    if out.connect > out.total || out.first_byte > out.total {
+        let mut k = key.to_vec();
+        k.push(Seg::Key("total_ms"));
+        return Err(ctx.invalid(
+            &k,
+            "total_ms is shorter than connect_ms or first_byte_ms",
+            "make total_ms the largest timeout",
+        ));
+    }
+    Ok(out)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn is_http_url(v: &str) -> bool {
+    url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+fn normalize_base_url(v: &str) -> Result<String, String> {
+    let u = url::Url::parse(v).map_err(|e| format!("'{v}' is not a URL ({e})"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!("scheme '{}' is not http or https", u.scheme()));
+    }
+    if u.host().is_none() {
+        return Err("the URL has no host".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("the URL carries credentials".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("the URL has a query or fragment".into());
+    }
+    Ok(u.as_str().trim_end_matches('/').to_owned())
+}
+
+fn parse_database_url(v: &str) -> Option<DatabaseUrl> {
+    if let Some(p) = v
+        .strip_prefix("sqlite://")
+        .or_else(|| v.strip_prefix("sqlite:"))
+    {
+        return (!p.is_empty()).then(|| DatabaseUrl::Sqlite(PathBuf::from(p)));
+    }
+    if (v.starts_with("postgres://") || v.starts_with("postgresql://"))
+        && url::Url::parse(v).is_ok()
+    {
+        return Some(DatabaseUrl::Postgres(Secret::new(v)));
+    }
+    None
+}
+
+fn parse_redis_url(v: &str, password: Option<&String>) -> Result<Secret, String> {
+    let mut u = url::Url::parse(v).map_err(|_| "it is not a URL".to_owned())?;
+    if !matches!(u.scheme(), "redis" | "rediss") {
+        return Err(format!("scheme '{}' is not redis or rediss", u.scheme()));
+    }
+    if u.host().is_none() {
+        return Err("the URL has no host".into());
+    }
+    if u.password().is_none() {
+        if let Some(p) = password.filter(|p| !p.is_empty()) {
+            u.set_password(Some(p))
+                .map_err(|()| "cannot add REDIS_PASSWORD to it".to_owned())?;
+        }
+    }
+    Ok(Secret::new(u.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn err(yaml: &str) -> String {
+        load_from_str(yaml, Some(Path::new("cfg.yaml")), &Env::new())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = load_from_str("", None, &Env::new()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.ops_listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].base_url, DEFAULT_UPSTREAM_URL);
+        assert!(c.models.is_empty());
+        assert!(!c.auth.enabled);
+        assert!(matches!(c.database, DatabaseUrl::Sqlite(ref p) if p.ends_with("aibox.db")));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load_from_str(
+            "server:\n  listen: 127.0.0.1:1111\n",
+            None,
+            &env(&[
+                (env::AIBOX_LISTEN, "127.0.0.1:2222"),
+                (env::AIBOX_LOG_FORMAT, "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 2222);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    /// Each row: YAML, then fragments the error must contain.
+    #[test]
+    fn bad_files_name_the_line_the_key_and_the_fix() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "server:\n  listn: 1\n",
+                &["cfg.yaml:2", "server", "unknown field `listn`", "listen"],
+            ),
+            (
+                "server:\n  listen: nope\n",
+                &["cfg.yaml:2", "server.listen", "IP:PORT"],
+            ),
+            (
+                "auth:\n  enabled: maybe\n",
+                &["cfg.yaml:2", "auth.enabled", "invalid type"],
+            ),
+            (
+                "auth:\n  enabled: true\n",
+                &["auth.jwks_url", "auth.enabled: false"],
+            ),
+            (
+                "upstreams:\n  - name: a\n    base_url: http://x/v1\n    timeouts:\n      connect_ms: 0\n",
+                &["cfg.yaml:5", "upstreams[0].timeouts.connect_ms"],
+            ),
+            (
+                "upstreams:\n  - name: a\n    base_url: ftp://x\n",
+                &["cfg.yaml:3", "upstreams[0].base_url", "ftp"],
+            ),
+            (
+                "upstreams:\n  - name: a\n    base_url: http://user:pw@x/v1\n",
+                &["cfg.yaml:3", "credentials"],
+            ),
+            (
+                "models:\n  - name: m\n    targets:\n      - upstream: ghost\n",
+                &[
+                    "cfg.yaml:4",
+                    "models[0].targets[0].upstream",
+                    "ghost",
+                    "ollama",
+                ],
+            ),
+            (
+                "models:\n  - name: m\n    targets: [{upstream: ollama}]\n  - name: m\n    targets: [{upstream: ollama}]\n",
+                &["cfg.yaml:4", "used twice"],
+            ),
+            (
+                "limits:\n  user:\n    requests_per_minute: 0\n",
+                &["cfg.yaml:3", "limits.user.requests_per_minute"],
+            ),
+            ("server: [1, 2\n", &["cfg.yaml"]),
+            (
+                "upstreams:\n  - name: a\n    base_url: http://x/v1\n    api_key_env: AIBOX_TEST_UNSET_VAR\n",
+                &["cfg.yaml:4", "AIBOX_TEST_UNSET_VAR", "export"],
+            ),
+        ];
+        for (yaml, wants) in cases {
+            let e = err(yaml);
+            for w in *wants {
+                assert!(e.contains(w), "error for {yaml:?} lacks {w:?}: {e}");
+            }
+            assert!(e.contains("fix:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_effective_config() {
+        let yaml = "database:\n  url: postgres://aibox:pgpass123@db:5432/aibox\nupstreams:\n  - name: openai\n    base_url: https://api.openai.com/v1\n    api_key_env: OPENAI_KEY_FOR_TEST\n";
+        let c = load_from_str(
+            yaml,
+            None,
+            &env(&[
+                ("OPENAI_KEY_FOR_TEST", "sk-live-abcdef"),
+                (env::AIBOX_REDIS_URL, "redis://cache:6379/0"),
+                (env::REDIS_PASSWORD, "redispw99"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.upstreams[0].api_key.as_ref().unwrap().expose(),
+            "sk-live-abcdef"
+        );
+        assert!(c.redis_url.as_ref().unwrap().expose().contains("redispw99"));
+        let printed = serde_yaml_ng::to_string(&c).unwrap();
+        for secret in ["sk-live-abcdef", "pgpass123", "redispw99"] {
+            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+        }
+        assert!(printed.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn models_resolve_targets_and_default_upstream_model() {
+        let yaml = "upstreams:\n  - name: a\n    base_url: http://127.0.0.1:1/v1/\n  - name: b\n    base_url: http://127.0.0.1:2/v1\nmodels:\n  - name: chat\n    aliases: [gpt-4o]\n    targets:\n      - upstream: b\n        model: llama3:8b\n      - upstream: a\n";
+        let c = load_from_str(yaml, None, &Env::new()).unwrap();
+        assert_eq!(c.upstreams[0].base_url, "http://127.0.0.1:1/v1");
+        let m = &c.models[0];
+        assert_eq!(m.targets[0].upstream, 1);
+        assert_eq!(m.targets[0].model, "llama3:8b");
+        assert_eq!(m.targets[1].model, "chat");
+        assert_eq!(m.aliases, vec!["gpt-4o".to_owned()]);
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let e = load_from_str("", None, &env(&[(env::AIBOX_LISTEN, "bogus")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AIBOX_LISTEN"), "{e}");
+        let e = load_from_str("", None, &env(&[(env::AIBOX_AUTH_ENABLED, "perhaps")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AIBOX_AUTH_ENABLED"), "{e}");
+    }
+}
