@@ -75,9 +75,9 @@ pub fn merge_dotenv(path: &Path, env: &mut Env) -> Result<Vec<String>, ConfigErr
             path: path.to_path_buf(),
             message: dotenv_message(&e),
         })?;
-        if !env.contains_key(&k) {
-            loaded.push(k.clone());
-            env.insert(k, v);
+        if let std::collections::btree_map::Entry::Vacant(slot) = env.entry(k) {
+            loaded.push(slot.key().clone());
+            slot.insert(v);
         }
     }
     Ok(loaded)

@@ -817,11 +817,9 @@ fn parse_redis_url(v: &str, password: Option<&String>) -> Result<Secret, String>
     if u.host().is_none() {
         return Err("the URL has no host".into());
     }
-    if u.password().is_none() {
-        if let Some(p) = password.filter(|p| !p.is_empty()) {
-            u.set_password(Some(p))
-                .map_err(|()| "cannot add REDIS_PASSWORD to it".to_owned())?;
-        }
+    if let Some(p) = password.filter(|p| !p.is_empty() && u.password().is_none()) {
+        u.set_password(Some(p))
+            .map_err(|()| "cannot add REDIS_PASSWORD to it".to_owned())?;
     }
     Ok(Secret::new(u.to_string()))
 }

@@ -258,3 +258,67 @@ mod tests {
         assert!(dbg.contains(&ring.signing().fingerprint()));
     }
 }
+
+/// The placeholder value that seed 000 §1 says the audit service rejects.
+pub const AUDIT_KEY_PLACEHOLDER: &str = "aibox-audit-signing-key-change-me";
+
+/// The shortest acceptable `AUDIT_SIGNING_KEY`, in characters.
+pub const AUDIT_KEY_MIN_CHARS: usize = 32;
+
+/// Why an `AUDIT_SIGNING_KEY` was refused. Never contains the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditKeyError {
+    /// The documented placeholder is still in place.
+    #[error(
+        "AUDIT_SIGNING_KEY is the placeholder '{AUDIT_KEY_PLACEHOLDER}'; fix: replace it with a random value of at least {AUDIT_KEY_MIN_CHARS} characters (`aibox bootstrap` writes one, or `openssl rand -hex 32`), keeping old versions when rotating"
+    )]
+    Placeholder,
+    /// The key is too short.
+    #[error(
+        "AUDIT_SIGNING_KEY is {len} characters long; at least {AUDIT_KEY_MIN_CHARS} are required; fix: set a random value such as the output of `openssl rand -hex 32`"
+    )]
+    TooShort {
+        /// Its length in characters.
+        len: usize,
+    },
+}
+
+/// Checks an `AUDIT_SIGNING_KEY` value as seed 000 §1 requires.
+pub fn check_audit_signing_key(value: &str) -> Result<(), AuditKeyError> {
+    let v = value.trim();
+    if v == AUDIT_KEY_PLACEHOLDER {
+        return Err(AuditKeyError::Placeholder);
+    }
+    let len = v.chars().count();
+    if len < AUDIT_KEY_MIN_CHARS {
+        return Err(AuditKeyError::TooShort { len });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod audit_key_tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_and_short_keys_are_refused() {
+        assert_eq!(
+            check_audit_signing_key(AUDIT_KEY_PLACEHOLDER),
+            Err(AuditKeyError::Placeholder)
+        );
+        assert_eq!(
+            check_audit_signing_key(" aibox-audit-signing-key-change-me\n"),
+            Err(AuditKeyError::Placeholder)
+        );
+        assert_eq!(
+            check_audit_signing_key("short-but-secret"),
+            Err(AuditKeyError::TooShort { len: 16 })
+        );
+        assert!(
+            !AuditKeyError::TooShort { len: 16 }
+                .to_string()
+                .contains("short-but-secret")
+        );
+        assert!(check_audit_signing_key(&"k".repeat(32)).is_ok());
+    }
+}

@@ -1,1 +1,444 @@
-//! placeholder
+//! The OpenAI-compatible inference router.
+//!
+//! Given a client request body for one of the OpenAI endpoints, the router
+//! resolves the requested model to an ordered list of targets (configured
+//! upstream plus upstream model name), rewrites only the `model` field and
+//! sends the body to the first target that answers. Everything else in the
+//! body passes through untouched, so new OpenAI parameters work without a
+//! release.
+//!
+//! Invariants:
+//! - The client never chooses the upstream URL: only configured upstreams
+//!   are reachable, and redirects are not followed.
+//! - A fallback happens only on connect errors, timeouts and 5xx answers, and
+//!   only before any byte reached the client. Once a stream has started, a
+//!   failure ends it with an error event; it is never retried.
+//! - The client's own credentials never go upstream; upstream API keys come
+//!   from the config's `api_key_env`.
+
+mod catalog;
+mod error;
+pub mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aibox_config::{Config, Timeouts};
+use aibox_core::RequestId;
+use aibox_core::audit::Usage;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use tokio::time::Instant;
+
+pub use catalog::ModelInfo;
+pub use error::{AttemptFailure, RouterError};
+pub use sse::{OnEnd, Relay, StreamEnd, StreamSummary};
+
+/// The OpenAI endpoints the router serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path below the upstream's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    /// The gateway route, for metrics and logs.
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    fn streams(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}
+
+/// A configured upstream with its HTTP client.
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) base_url: String,
+    auth_header: Option<http::HeaderValue>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) client: reqwest::Client,
+}
+
+/// The parsed parts of a request that the router looks at.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// The model the client asked for.
+    pub model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+}
+
+/// A routed answer.
+pub enum Routed {
+    /// A complete response body.
+    Complete {
+        /// HTTP status from the upstream.
+        status: http::StatusCode,
+        /// The body (JSON).
+        body: Bytes,
+        /// Token usage, if reported.
+        usage: Option<Usage>,
+        /// The upstream that answered.
+        upstream: String,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// A server-sent event stream.
+    Stream {
+        /// The relay to send as the response body.
+        relay: Relay,
+        /// The upstream that answered.
+        upstream: String,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+}
+
+/// The router. Cheap to share behind an `Arc`.
+pub struct Router {
+    upstreams: Vec<Upstream>,
+    catalog: catalog::Catalog,
+}
+
+/// Describes a reqwest error without its URL (which could carry secrets in
+/// other deployments) and without the noise of its source chain.
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "the body broke off"
+    } else if e.is_request() {
+        "the request failed"
+    } else {
+        "transport error"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut root = None;
+    while let Some(s) = source {
+        root = Some(s.to_string());
+        source = s.source();
+    }
+    match root {
+        Some(r) => format!("{kind} ({r})"),
+        None => kind.to_owned(),
+    }
+}
+
+impl Router {
+    /// Builds the router from the validated config.
+    pub fn new(cfg: &Config) -> Result<Arc<Self>, RouterError> {
+        // reqwest is built without a default TLS provider; install ring once
+        // per process (a second install is refused harmlessly).
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
+        for u in &cfg.upstreams {
+            let client = reqwest::Client::builder()
+                .connect_timeout(u.timeouts.connect)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build()
+                .map_err(|e| RouterError::Protocol {
+                    upstream: u.name.clone(),
+                    message: format!("cannot build an HTTP client: {}", describe_reqwest(&e)),
+                })?;
+            let auth_header = match &u.api_key {
+                None => None,
+                Some(k) => {
+                    let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
+                        RouterError::Protocol {
+                            upstream: u.name.clone(),
+                            message: format!(
+                                "the API key in {} contains characters not allowed in an HTTP header",
+                                u.api_key_env.as_deref().unwrap_or("api_key_env")
+                            ),
+                        }
+                    })?;
+                    v.set_sensitive(true);
+                    Some(v)
+                }
+            };
+            upstreams.push(Upstream {
+                name: u.name.clone(),
+                base_url: u.base_url.clone(),
+                auth_header,
+                timeouts: u.timeouts,
+                client,
+            });
+        }
+        Ok(Arc::new(Self {
+            catalog: catalog::Catalog::new(cfg),
+            upstreams,
+        }))
+    }
+
+    /// Lists the models a client may ask for.
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, RouterError> {
+        self.catalog.list(&self.upstreams).await
+    }
+
+    /// Parses the fields the router needs, refusing bodies that are not a
+    /// JSON object with a string `model`.
+    pub fn inspect(
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, RequestInfo), RouterError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| RouterError::BadRequest {
+                message: format!("the request body is not valid JSON: {e}"),
+                param: None,
+            })?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(RouterError::BadRequest {
+                message: "the request body must be a JSON object".into(),
+                param: None,
+            });
+        };
+        let model = match map.get("model") {
+            Some(serde_json::Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(_) => {
+                return Err(RouterError::BadRequest {
+                    message: "`model` must be a non-empty string".into(),
+                    param: Some("model"),
+                });
+            }
+            None => {
+                return Err(RouterError::BadRequest {
+                    message: "you must provide a model parameter".into(),
+                    param: Some("model"),
+                });
+            }
+        };
+        let stream = match map.get("stream") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(RouterError::BadRequest {
+                    message: "`stream` must be a boolean".into(),
+                    param: Some("stream"),
+                });
+            }
+        };
+        if stream && !endpoint.streams() {
+            return Err(RouterError::BadRequest {
+                message: "this endpoint does not stream".into(),
+                param: Some("stream"),
+            });
+        }
+        Ok((map, RequestInfo { model, stream }))
+    }
+
+    /// Routes a request whose body was already inspected.
+    pub async fn forward(
+        &self,
+        endpoint: Endpoint,
+        mut body: serde_json::Map<String, serde_json::Value>,
+        info: &RequestInfo,
+        request_id: &RequestId,
+        on_stream_end: OnEnd,
+    ) -> Result<Routed, RouterError> {
+        let targets = self.catalog.resolve(&info.model, &self.upstreams).await?;
+        let mut failures = Vec::new();
+        let mut on_end = Some(on_stream_end);
+        for (i, (upstream_idx, upstream_model)) in targets.iter().enumerate() {
+            let attempt = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let Some(up) = self.upstreams.get(*upstream_idx) else {
+                continue;
+            };
+            body.insert(
+                "model".into(),
+                serde_json::Value::String(upstream_model.clone()),
+            );
+            let payload = match serde_json::to_vec(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(RouterError::BadRequest {
+                        message: format!("cannot re-encode the request: {e}"),
+                        param: None,
+                    });
+                }
+            };
+            match self
+                .attempt(up, endpoint, payload, info.stream, request_id)
+                .await
+            {
+                Ok(Answer::Complete { status, body }) => {
+                    let usage = if status.is_success() {
+                        sse::parse_usage(&body)
+                    } else {
+                        None
+                    };
+                    return Ok(Routed::Complete {
+                        status,
+                        body,
+                        usage,
+                        upstream: up.name.clone(),
+                        attempt,
+                    });
+                }
+                Ok(Answer::Stream { response, deadline }) => {
+                    let Some(cb) = on_end.take() else { break };
+                    let relay = Relay::new(
+                        response.bytes_stream().boxed(),
+                        up.timeouts.idle,
+                        deadline,
+                        cb,
+                    );
+                    return Ok(Routed::Stream {
+                        relay,
+                        upstream: up.name.clone(),
+                        attempt,
+                    });
+                }
+                Err(Attempt::Retryable(f)) => {
+                    tracing::warn!(upstream = %f.upstream, reason = %f.reason, attempt, "upstream attempt failed; trying the next target");
+                    failures.push(f);
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(RouterError::Unavailable { attempts: failures })
+    }
+
+    async fn attempt(
+        &self,
+        up: &Upstream,
+        endpoint: Endpoint,
+        payload: Vec<u8>,
+        stream: bool,
+        request_id: &RequestId,
+    ) -> Result<Answer, Attempt> {
+        let started = Instant::now();
+        let deadline = started + up.timeouts.total;
+        let url = format!("{}{}", up.base_url, endpoint.path());
+        let mut req = up
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
+            .header("x-request-id", request_id.as_str())
+            .body(payload);
+        if let Some(h) = &up.auth_header {
+            req = req.header(http::header::AUTHORIZATION, h.clone());
+        }
+        let first_byte = up.timeouts.first_byte.min(up.timeouts.total);
+        let retry = |reason: String, timed_out: bool| {
+            Attempt::Retryable(AttemptFailure {
+                upstream: up.name.clone(),
+                reason,
+                timed_out,
+            })
+        };
+        let response = match tokio::time::timeout(first_byte, req.send()).await {
+            Err(_) => {
+                return Err(retry(
+                    format!(
+                        "no response within {} ms (first_byte_ms)",
+                        first_byte.as_millis()
+                    ),
+                    true,
+                ));
+            }
+            Ok(Err(e)) => return Err(retry(describe_reqwest(&e), e.is_timeout())),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(retry(format!("answered HTTP {}", status.as_u16()), false));
+        }
+        let is_sse = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if stream && status.is_success() && is_sse {
+            return Ok(Answer::Stream { response, deadline });
+        }
+        // A complete body: nothing has reached the client yet, so a timeout
+        // or a broken body is still eligible for fallback.
+        let body = match read_body(response, up.timeouts.idle, deadline).await {
+            Ok(b) => b,
+            Err((reason, timed_out)) => return Err(retry(reason, timed_out)),
+        };
+        if status.is_success() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(Attempt::Fatal(RouterError::Protocol {
+                upstream: up.name.clone(),
+                message: "the body is not valid JSON".into(),
+            }));
+        }
+        Ok(Answer::Complete { status, body })
+    }
+}
+
+enum Answer {
+    Complete {
+        status: http::StatusCode,
+        body: Bytes,
+    },
+    Stream {
+        response: reqwest::Response,
+        deadline: Instant,
+    },
+}
+
+enum Attempt {
+    Retryable(AttemptFailure),
+    Fatal(RouterError),
+}
+
+/// Upstream bodies larger than this are refused rather than buffered.
+const MAX_COMPLETE_BODY: usize = 64 * 1024 * 1024;
+
+async fn read_body(
+    response: reqwest::Response,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Bytes, (String, bool)> {
+    let mut stream = response.bytes_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let wake = (Instant::now() + idle).min(deadline);
+        match tokio::time::timeout_at(wake, stream.next()).await {
+            Err(_) => return Err(("the body stalled past idle_ms or total_ms".into(), true)),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err((describe_reqwest(&e), e.is_timeout())),
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > MAX_COMPLETE_BODY {
+                    return Err(("the body exceeds 64 MiB".into(), false));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The first thing every request meets.
+//!
+//! It removes every inbound `X-Aibox-*` header before anything else can read
+//! it (identity is derived by aibox, never claimed by a client), assigns the
+//! request id (the client's `X-Request-Id` when it is well-formed, a fresh
+//! UUID v7 otherwise), echoes it in the response, opens the tracing span and
+//! records the request metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aibox_core::RequestId;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument as _;
+
+use crate::AppState;
+use crate::metrics::{HttpLabels, RouteLabels};
+
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes every header whose name starts with `x-aibox-`. Header names are
+/// case-insensitive and `http` stores them lowercased, so one prefix test
+/// covers every spelling, and `remove` drops every copy.
+pub fn strip_aibox_headers(headers: &mut axum::http::HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-aibox-"))
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(&k);
+    }
+}
+
+/// The edge middleware.
+pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    strip_aibox_headers(req.headers_mut());
+    let rid = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| RequestId::new(s).ok())
+        .unwrap_or_else(RequestId::generate);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    req.extensions_mut().insert(rid.clone());
+    let span =
+        tracing::info_span!("request", request_id = %rid, method = %req.method(), route = %route);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status();
+    if let Ok(v) = HeaderValue::from_str(rid.as_str()) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            status: status.as_u16().to_string(),
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "response"
+        );
+    });
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_every_spelling_and_copy() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append("X-Aibox-Principal", HeaderValue::from_static("forged"));
+        h.append("x-aibox-principal", HeaderValue::from_static("forged2"));
+        h.append("X-AIBOX-TENANT", HeaderValue::from_static("acme"));
+        h.append("x-request-id", HeaderValue::from_static("keep"));
+        strip_aibox_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.get("x-request-id").is_some());
+    }
+}

@@ -1,0 +1,217 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error a client can see is an OpenAI error object,
+//! `{"error":{"message","type","param","code"}}`, with the status the OpenAI
+//! SDKs map to the right exception class (400 `BadRequestError`, 404
+//! `NotFoundError`, 429 `RateLimitError`, 5xx `InternalServerError`, ...).
+//! Library errors carry no HTTP knowledge; their `From` conversions here
+//! decide status and code.
+
+use std::time::Duration;
+
+use aibox_limits::{Denied, LimitKind, Scope};
+use aibox_router::RouterError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// An error on its way to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    param: Option<&'static str>,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            param: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 with a parameter name.
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        );
+        e.param = param;
+        e
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The OpenAI error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The error object as JSON bytes.
+    pub fn body(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        v.to_string().into_bytes()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, self.body()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+impl From<RouterError> for ApiError {
+    fn from(e: RouterError) -> Self {
+        let message = e.to_string();
+        match e {
+            RouterError::BadRequest { param, .. } => ApiError::bad_request(message, param),
+            RouterError::ModelNotFound { .. } => {
+                let mut a = ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    message,
+                );
+                a.param = Some("model");
+                a
+            }
+            ref u @ RouterError::Unavailable { .. } if u.all_timed_out() => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+                message,
+            ),
+            RouterError::Unavailable { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unavailable",
+                message,
+            ),
+            RouterError::Protocol { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_invalid_response",
+                message,
+            ),
+            RouterError::Discovery { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_error",
+                "upstream_unavailable",
+                message,
+            ),
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        let who = match d.scope {
+            Scope::Tenant => "tenant",
+            Scope::User => "user",
+        };
+        let what = match d.kind {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+        };
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            format!(
+                "rate limit reached: {} {what} per minute for this {who}; retry after {} s (limits.{who}.{what}_per_minute)",
+                d.limit,
+                d.retry_after.as_secs().max(1)
+            ),
+        );
+        e.retry_after = Some(d.retry_after);
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_an_openai_error_object() {
+        let e = ApiError::bad_request("bad \"thing\"", Some("model"));
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["message"], "bad \"thing\"");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["code"], "invalid_request");
+    }
+
+    #[test]
+    fn router_errors_map_to_sdk_statuses() {
+        let nf: ApiError = RouterError::ModelNotFound { model: "x".into() }.into();
+        assert_eq!(nf.status(), StatusCode::NOT_FOUND);
+        let timeout: ApiError = RouterError::Unavailable {
+            attempts: vec![aibox_router::AttemptFailure {
+                upstream: "a".into(),
+                reason: "slow".into(),
+                timed_out: true,
+            }],
+        }
+        .into();
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        let down: ApiError = RouterError::Unavailable {
+            attempts: vec![aibox_router::AttemptFailure {
+                upstream: "a".into(),
+                reason: "refused".into(),
+                timed_out: false,
+            }],
+        }
+        .into();
+        assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn rate_limit_sets_retry_after() {
+        let e: ApiError = Denied {
+            scope: Scope::User,
+            kind: LimitKind::Requests,
+            limit: 5,
+            retry_after: Duration::from_millis(1500),
+        }
+        .into();
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+    }
+}

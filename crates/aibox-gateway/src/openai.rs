@@ -1,0 +1,289 @@
+//! The OpenAI-compatible routes.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aibox_core::audit::Usage;
+use aibox_core::{Principal, RequestId};
+use aibox_router::{Endpoint, Routed, Router as ModelRouter, StreamEnd, StreamSummary};
+use aibox_store::UsageRecord;
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::metrics::{ScopeLabels, TokenLabels, UpstreamLabels};
+
+/// A JSON request body: the content type is checked before the body is read,
+/// and the size limit is reported as an OpenAI error.
+pub(crate) struct JsonBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+                format!(
+                    "the Content-Type must be application/json, not '{}'",
+                    if ct.is_empty() { "(none)" } else { ct }
+                ),
+            ));
+        }
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(JsonBody(b)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                "the request body exceeds server.max_body_bytes (AIBOX_MAX_BODY_BYTES)",
+            )),
+            Err(rej) => Err(ApiError::bad_request(
+                format!("cannot read the request body: {rej}"),
+                None,
+            )),
+        }
+    }
+}
+
+pub(crate) async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    proxy(st, Endpoint::ChatCompletions, rid, body.0).await
+}
+
+pub(crate) async fn completions(
+    State(st): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    proxy(st, Endpoint::Completions, rid, body.0).await
+}
+
+pub(crate) async fn embeddings(
+    State(st): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    proxy(st, Endpoint::Embeddings, rid, body.0).await
+}
+
+pub(crate) async fn models(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let data = st.router.list_models().await?;
+    let body = serde_json::json!({ "object": "list", "data": data });
+    Ok(json_response(StatusCode::OK, Bytes::from(body.to_string())))
+}
+
+pub(crate) async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        format!(
+            "no route {} {}; the API lives under /v1",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+pub(crate) async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Records usage in the store, the token metrics and the token limits.
+fn account(
+    st: &Arc<AppState>,
+    principal: &Principal,
+    model: &str,
+    upstream: &str,
+    rid: &RequestId,
+    usage: Usage,
+) {
+    st.store.record_usage(UsageRecord {
+        at_ms: now_ms(),
+        tenant: principal.tenant.clone(),
+        user: principal.user.clone(),
+        model: model.to_owned(),
+        upstream: upstream.to_owned(),
+        request_id: rid.as_str().to_owned(),
+        usage,
+    });
+    for (kind, n) in [
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+    ] {
+        st.metrics
+            .tokens
+            .get_or_create(&TokenLabels {
+                tenant: principal.tenant.as_str().to_owned(),
+                model: model.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
+    }
+    let limiter = st.limiter.clone();
+    let principal = principal.clone();
+    let total = usage.total_tokens;
+    // Token limits may live in Redis; recording them must not hold up the
+    // response, and a summary can arrive from a drop outside a task.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move { limiter.record_tokens(&principal, total).await });
+    }
+}
+
+async fn proxy(
+    st: Arc<AppState>,
+    endpoint: Endpoint,
+    rid: RequestId,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // Authentication is off in this build; `aibox serve` refuses to start
+    // with auth.enabled or on a public address without the danger flag.
+    let principal = Principal::anonymous();
+    let (map, info) = ModelRouter::inspect(endpoint, &body)?;
+    if let Err(denied) = st.limiter.admit(&principal).await {
+        let scope = match denied.scope {
+            aibox_limits::Scope::Tenant => "tenant",
+            aibox_limits::Scope::User => "user",
+        };
+        st.metrics
+            .rate_limited
+            .get_or_create(&ScopeLabels {
+                scope: scope.to_owned(),
+            })
+            .inc();
+        return Err(denied.into());
+    }
+
+    let on_end = {
+        let st = st.clone();
+        let principal = principal.clone();
+        let model = info.model.clone();
+        let rid = rid.clone();
+        let upstream_slot: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
+        let slot = upstream_slot.clone();
+        let cb = Box::new(move |summary: StreamSummary| {
+            st.metrics.active_streams.dec();
+            let upstream = slot.get().cloned().unwrap_or_default();
+            match &summary.end {
+                StreamEnd::Completed => {}
+                StreamEnd::UpstreamFailed(reason) => {
+                    st.metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamLabels {
+                            upstream: upstream.clone(),
+                        })
+                        .inc();
+                    tracing::warn!(request_id = %rid, upstream = %upstream, reason = %reason, "stream ended with an upstream error");
+                }
+                StreamEnd::ClientGone => {
+                    tracing::info!(request_id = %rid, upstream = %upstream, "client went away; upstream request cancelled");
+                }
+            }
+            if let Some(u) = summary.usage {
+                account(&st, &principal, &model, &upstream, &rid, u);
+            }
+        });
+        (cb, upstream_slot)
+    };
+    let (cb, upstream_slot) = on_end;
+    st.metrics.active_streams.inc();
+    let routed = st.router.forward(endpoint, map, &info, &rid, cb).await;
+    match routed {
+        Err(e) => {
+            // The callback was dropped unused unless a stream started.
+            st.metrics.active_streams.dec();
+            if let aibox_router::RouterError::Unavailable { attempts } = &e {
+                for a in attempts {
+                    st.metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamLabels {
+                            upstream: a.upstream.clone(),
+                        })
+                        .inc();
+                }
+            }
+            Err(e.into())
+        }
+        Ok(Routed::Complete {
+            status,
+            body,
+            usage,
+            upstream,
+            ..
+        }) => {
+            st.metrics.active_streams.dec();
+            if let Some(u) = usage {
+                account(&st, &principal, &info.model, &upstream, &rid, u);
+            }
+            if status.is_success() || is_openai_error(&body) {
+                Ok(json_response(status, body))
+            } else {
+                Err(ApiError::new(
+                    status,
+                    "upstream_error",
+                    "upstream_error",
+                    format!(
+                        "upstream '{upstream}' answered HTTP {} without an OpenAI error object",
+                        status.as_u16()
+                    ),
+                ))
+            }
+        }
+        Ok(Routed::Stream {
+            relay, upstream, ..
+        }) => {
+            let _ = upstream_slot.set(upstream);
+            let mut r = Response::new(Body::from_stream(relay));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            Ok(r)
+        }
+    }
+}
+
+fn is_openai_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_object))
+}

@@ -1,0 +1,314 @@
+//! Server-sent events: a pure scanner and the relay that forwards a stream.
+//!
+//! The relay forwards upstream bytes to the client as they arrive, never
+//! buffering a whole response. Alongside, the [`SseScanner`] watches the
+//! `data:` lines for two things: the `[DONE]` terminator (a stream that ends
+//! without it was cut short) and the `usage` object of the final chunk (for
+//! token accounting). It parses JSON only for lines that mention `"usage"`,
+//! which keeps the per-chunk cost to a byte scan.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aibox_core::audit::Usage;
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use tokio::time::{Instant, Sleep};
+
+/// Lines longer than this are forwarded but not inspected, so a hostile
+/// upstream cannot make the scanner buffer without bound.
+const MAX_LINE: usize = 1 << 20;
+
+/// Watches an SSE byte stream.
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    line: Vec<u8>,
+    overflow: bool,
+    done: bool,
+    usage: Option<Usage>,
+}
+
+impl SseScanner {
+    /// Feeds the next bytes.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+            if !self.overflow {
+                self.line.extend_from_slice(&bytes[..pos]);
+                self.on_line();
+            }
+            self.line.clear();
+            self.overflow = false;
+            bytes = &bytes[pos + 1..];
+        }
+        if !self.overflow {
+            if self.line.len() + bytes.len() > MAX_LINE {
+                self.overflow = true;
+                self.line.clear();
+            } else {
+                self.line.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn on_line(&mut self) {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.done = true;
+        } else if let Some(u) = memchr(data, b"\"usage\"")
+            .then(|| parse_usage(data))
+            .flatten()
+        {
+            self.usage = Some(u);
+        }
+    }
+
+    /// True once `data: [DONE]` was seen.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The last usage object seen.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+fn memchr(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Extracts `usage` from a JSON response or chunk, if it is a usage object.
+pub fn parse_usage(json: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<RawUsage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawUsage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+        #[serde(default)]
+        total_tokens: u64,
+    }
+    let w: WithUsage = serde_json::from_slice(json).ok()?;
+    let u = w.usage?;
+    Some(Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
+    })
+}
+
+/// An SSE event carrying an OpenAI error object. The OpenAI SDKs raise an
+/// `APIError` when a stream yields such an event.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "upstream_error", "code": code }
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream sent `[DONE]` and closed.
+    Completed,
+    /// The upstream failed; the client got an error event.
+    UpstreamFailed(String),
+    /// The client went away first; the upstream request was dropped.
+    ClientGone,
+}
+
+/// What the relay reports when it ends, exactly once.
+#[derive(Debug, Clone)]
+pub struct StreamSummary {
+    /// How it ended.
+    pub end: StreamEnd,
+    /// The usage of the final chunk, if the upstream sent one.
+    pub usage: Option<Usage>,
+    /// Bytes forwarded.
+    pub bytes: u64,
+}
+
+/// The callback that receives the summary.
+pub type OnEnd = Box<dyn FnOnce(StreamSummary) + Send>;
+
+/// Forwards an upstream SSE body with idle and total timeouts.
+pub struct Relay {
+    inner: Option<BoxStream<'static, Result<Bytes, reqwest::Error>>>,
+    scanner: SseScanner,
+    idle: Duration,
+    deadline: Instant,
+    timer: Pin<Box<Sleep>>,
+    bytes: u64,
+    on_end: Option<OnEnd>,
+    end: Option<StreamEnd>,
+}
+
+impl Relay {
+    /// Wraps an upstream body stream.
+    pub fn new(
+        inner: BoxStream<'static, Result<Bytes, reqwest::Error>>,
+        idle: Duration,
+        deadline: Instant,
+        on_end: OnEnd,
+    ) -> Self {
+        let first = (Instant::now() + idle).min(deadline);
+        Self {
+            inner: Some(inner),
+            scanner: SseScanner::default(),
+            idle,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            bytes: 0,
+            on_end: Some(on_end),
+            end: None,
+        }
+    }
+
+    fn finish(&mut self, end: StreamEnd) {
+        self.inner = None;
+        if let Some(cb) = self.on_end.take() {
+            cb(StreamSummary {
+                end,
+                usage: self.scanner.usage(),
+                bytes: self.bytes,
+            });
+        }
+    }
+
+    fn fail(&mut self, message: String, code: &str) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        let ev = error_event(&message, code);
+        self.end = Some(StreamEnd::UpstreamFailed(message));
+        self.inner = None;
+        Poll::Ready(Some(Ok(ev)))
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            // The error event (if any) was yielded; now report and end.
+            let end = this.end.take().unwrap_or(StreamEnd::Completed);
+            this.finish(end);
+            return Poll::Ready(None);
+        };
+        match inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.scanner.feed(&chunk);
+                this.bytes += chunk.len() as u64;
+                let next = (Instant::now() + this.idle).min(this.deadline);
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(
+                format!("the upstream stream broke: {}", crate::describe_reqwest(&e)),
+                "upstream_stream_error",
+            ),
+            Poll::Ready(None) => {
+                if this.scanner.done() {
+                    this.inner = None;
+                    this.finish(StreamEnd::Completed);
+                    Poll::Ready(None)
+                } else {
+                    this.fail(
+                        "the upstream ended the stream without [DONE]; the answer is incomplete"
+                            .into(),
+                        "upstream_stream_incomplete",
+                    )
+                }
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let what = if Instant::now() >= this.deadline {
+                        "the total timeout"
+                    } else {
+                        "the idle timeout between chunks"
+                    };
+                    this.fail(
+                        format!("the upstream stream exceeded {what}"),
+                        "upstream_timeout",
+                    )
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.on_end.is_some() {
+            let end = match self.end.take() {
+                Some(e) => e,
+                None if self.inner.is_some() => StreamEnd::ClientGone,
+                None => StreamEnd::Completed,
+            };
+            self.finish(end);
+        }
+    }
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanner_finds_done_and_usage_across_chunk_boundaries() {
+        let mut s = SseScanner::default();
+        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\r\n\r\ndata: [DONE]\n\n";
+        for piece in text.as_bytes().chunks(5) {
+            s.feed(piece);
+        }
+        assert!(s.done());
+        assert_eq!(
+            s.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                total_tokens: 7
+            })
+        );
+    }
+
+    #[test]
+    fn scanner_ignores_null_usage_and_content_mentioning_done() {
+        let mut s = SseScanner::default();
+        s.feed(b"data: {\"usage\":null,\"choices\":[{\"delta\":{\"content\":\"[DONE]\"}}]}\n\n");
+        assert!(!s.done());
+        assert_eq!(s.usage(), None);
+    }
+
+    #[test]
+    fn scanner_bounds_long_lines() {
+        let mut s = SseScanner::default();
+        s.feed(b"data: ");
+        s.feed(&vec![b'x'; MAX_LINE + 10]);
+        assert!(s.line.is_empty());
+        s.feed(b"\ndata: [DONE]\n");
+        assert!(s.done());
+    }
+
+    #[test]
+    fn error_event_is_an_openai_error_object() {
+        let ev = error_event("boom \"quoted\"", "c");
+        let text = std::str::from_utf8(&ev).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(text.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(json["error"]["message"], "boom \"quoted\"");
+        assert_eq!(json["error"]["code"], "c");
+    }
+}

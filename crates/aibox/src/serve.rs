@@ -1,0 +1,221 @@
+//! `aibox serve`: wire the libraries, bind both listeners, run until a
+//! signal, drain within the grace period, flush, exit 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aibox_config::{Config, DatabaseUrl, LogFormat};
+use aibox_gateway::{AppState, Metrics};
+use aibox_limits::Limiter;
+use aibox_store::Store;
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Arguments of `aibox serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The config file (default: $AIBOX_CONFIG, else deploy/config/gateway/config.yaml if it exists).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Allow binding a non-loopback address while authentication is off.
+    /// Anyone who can reach the address then uses the gateway as tenant
+    /// `default`. Never use this outside an isolated test network.
+    #[arg(long)]
+    danger_allow_unauthenticated_public_bind: bool,
+}
+
+/// Runs the server to completion.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut env = crate::environment()?;
+    let cfg = aibox_config::load(args.config.as_deref(), &env)?;
+    init_logging(&cfg)?;
+    check_exposure(&cfg, args.danger_allow_unauthenticated_public_bind)?;
+
+    create_private_dir(&cfg.server.data_dir)?;
+    let dev = crate::devkeys::ensure(&cfg.server.data_dir, &mut env)?;
+    if !dev.is_empty() {
+        tracing::warn!(
+            keys = %dev.join(", "),
+            file = %cfg.server.data_dir.join(crate::devkeys::DEV_KEYS_FILE).display(),
+            "USING DEVELOPMENT KEYS: generated on this machine and stored beside the data they protect. \
+             They are for development only; set real values in the environment or .env before production."
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("aibox")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(cfg, started))
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level).with_context(|| {
+        format!(
+            "log.level '{}' is not a valid filter; fix: use e.g. info, debug or aibox_router=debug,info (log.level or AIBOX_LOG_LEVEL)",
+            cfg.log.level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+/// Refuses configurations that would expose an unauthenticated gateway or
+/// the ops listener to the network.
+fn check_exposure(cfg: &Config, danger: bool) -> anyhow::Result<()> {
+    if cfg.auth.enabled {
+        bail!(
+            "auth.enabled is true, but OIDC validation is not part of this build yet; refusing to start rather than \
+             serve without authentication; fix: set auth.enabled: false and keep server.listen on loopback"
+        );
+    }
+    if !cfg.server.listen.ip().is_loopback() && !danger {
+        bail!(
+            "server.listen is {} (not loopback) while auth.enabled is false, so anyone who can reach it would use \
+             the gateway unauthenticated; fix: bind 127.0.0.1 (server.listen or AIBOX_LISTEN), or enable auth",
+            cfg.server.listen
+        );
+    }
+    if !cfg.server.ops_listen.ip().is_loopback() {
+        bail!(
+            "server.ops_listen is {} (not loopback); the ops listener must never be exposed (seed 004 §3); fix: bind \
+             127.0.0.1 and reach it through an SSH tunnel",
+            cfg.server.ops_listen
+        );
+    }
+    if matches!(cfg.database, DatabaseUrl::Postgres(_)) {
+        bail!(
+            "database.url points to PostgreSQL, which this build does not support yet; fix: use sqlite://PATH or leave database.url unset"
+        );
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}; fix: set server.data_dir (AIBOX_DATA_DIR) to a writable path", dir.display()))
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; fix: free the port or change {key}"))
+}
+
+async fn serve(cfg: Config, started: Instant) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let store = match &cfg.database {
+        DatabaseUrl::Sqlite(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Store::open_sqlite(&path)).await??
+        }
+        DatabaseUrl::Postgres(_) => bail!("PostgreSQL is not supported by this build"),
+    };
+    let limiter = match &cfg.redis_url {
+        Some(url) => Limiter::with_redis(cfg.limits.clone(), url, "aibox")
+            .await
+            .context("cannot connect to Redis for rate limits; fix: start Redis or unset redis_url (AIBOX_REDIS_URL)")?,
+        None => Limiter::in_memory(cfg.limits.clone()),
+    };
+    let router = aibox_router::Router::new(&cfg)?;
+    let state = Arc::new(AppState {
+        config: cfg.clone(),
+        router,
+        limiter: Arc::new(limiter),
+        store: store.clone(),
+        metrics: Arc::new(Metrics::new()),
+    });
+
+    let main_listener = bind(cfg.server.listen, "server.listen (AIBOX_LISTEN)").await?;
+    let ops_listener = bind(
+        cfg.server.ops_listen,
+        "server.ops_listen (AIBOX_OPS_LISTEN)",
+    )
+    .await?;
+    let main_addr = main_listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let main_srv = axum::serve(main_listener, aibox_gateway::main_router(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let ops_srv = axum::serve(ops_listener, aibox_gateway::ops_router(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx));
+    let mut main_task = tokio::spawn(async move { main_srv.await });
+    let mut ops_task = tokio::spawn(async move { ops_srv.await });
+
+    tracing::info!(
+        main = %main_addr,
+        ops = %ops_addr,
+        upstreams = cfg.upstreams.len(),
+        limiter = state.limiter.backend(),
+        startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "aibox is serving"
+    );
+    // A machine-readable line for scripts and tests that start aibox on port 0.
+    println!("aibox listening main={main_addr} ops={ops_addr}");
+
+    tokio::select! {
+        sig = shutdown_signal() => tracing::info!(signal = sig, "shutting down: no new connections; draining in-flight requests and streams"),
+        r = &mut main_task => bail!("the main listener stopped unexpectedly: {r:?}"),
+        r = &mut ops_task => bail!("the ops listener stopped unexpectedly: {r:?}"),
+    }
+    let _ = stop_tx.send(true);
+    let grace = cfg.server.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut main_task).await;
+        let _ = (&mut ops_task).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "connections still open after server.shutdown_grace_secs; closing them"
+        );
+        main_task.abort();
+        ops_task.abort();
+    }
+    store
+        .flush()
+        .await
+        .context("cannot flush the database at shutdown")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can still be stopped by
+        // SIGKILL; wait forever rather than exit at once.
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
