@@ -17,6 +17,7 @@ use crate::raw::{RawConfig, RawRate, RawTimeouts};
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// The file it was loaded from, if any.
+    #[serde(skip)]
     pub source: Option<PathBuf>,
     /// HTTP server settings.
     pub server: ServerConfig,
@@ -25,6 +26,7 @@ pub struct Config {
     /// The database.
     pub database: DatabaseUrl,
     /// Redis, when limits and replay state are shared between replicas.
+    #[serde(serialize_with = "redacted_url", skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<Secret>,
     /// Gateway authentication.
     pub auth: AuthConfig,
@@ -48,7 +50,7 @@ pub struct ServerConfig {
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Drain budget at shutdown.
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", rename = "shutdown_grace_secs")]
     pub shutdown_grace: Duration,
 }
 
@@ -82,10 +84,14 @@ pub enum DatabaseUrl {
 
 impl Serialize for DatabaseUrl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            DatabaseUrl::Sqlite(p) => s.serialize_str(&format!("sqlite://{}", p.display())),
-            DatabaseUrl::Postgres(url) => s.serialize_str(&redact_userinfo(url.expose())),
-        }
+        use serde::ser::SerializeMap as _;
+        let url = match self {
+            DatabaseUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+            DatabaseUrl::Postgres(url) => redact_userinfo(url.expose()),
+        };
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("url", &url)?;
+        m.end()
     }
 }
 
@@ -95,8 +101,10 @@ pub struct AuthConfig {
     /// Whether tokens are required.
     pub enabled: bool,
     /// JWKS endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// Exact issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
 }
 
@@ -104,16 +112,16 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Timeouts {
     /// Connect.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "millis", rename = "connect_ms")]
     pub connect: Duration,
     /// Until response headers.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "millis", rename = "first_byte_ms")]
     pub first_byte: Duration,
     /// Between body chunks.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "millis", rename = "idle_ms")]
     pub idle: Duration,
     /// Whole exchange.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "millis", rename = "total_ms")]
     pub total: Duration,
 }
 
@@ -125,8 +133,10 @@ pub struct UpstreamConfig {
     /// Base URL without trailing slash, e.g. `http://127.0.0.1:11434/v1`.
     pub base_url: String,
     /// The variable the key came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
-    /// The key itself.
+    /// The key itself; never serialised.
+    #[serde(skip)]
     pub api_key: Option<Secret>,
     /// Timeouts.
     pub timeouts: Timeouts,
@@ -160,8 +170,10 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Rate {
     /// Requests per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u64>,
     /// Tokens per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
 }
 
@@ -183,6 +195,13 @@ impl LimitsConfig {
     }
 }
 
+fn redacted_url<S: serde::Serializer>(url: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&redact_userinfo(u.expose())),
+        None => s.serialize_none(),
+    }
+}
+
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }
@@ -195,7 +214,7 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 fn redact_userinfo(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some(aibox_core::secret::REDACTED));
+            let _ = u.set_password(Some("REDACTED"));
             u.to_string()
         }
         Ok(u) => u.to_string(),
@@ -954,7 +973,10 @@ mod tests {
         for secret in ["sk-live-abcdef", "pgpass123", "redispw99"] {
             assert!(!printed.contains(secret), "{secret} leaked: {printed}");
         }
-        assert!(printed.contains("[REDACTED]"));
+        assert!(printed.contains("REDACTED"));
+        // The effective config is itself a valid config file.
+        let again = load_from_str(&printed, None, &env(&[("OPENAI_KEY_FOR_TEST", "sk-live-abcdef")])).unwrap();
+        assert_eq!(again.upstreams[0].base_url, c.upstreams[0].base_url);
     }
 
     #[test]

@@ -1,0 +1,15 @@
+# Convenience targets; each is one command documented in the README.
+.PHONY: serve test lint bench
+
+serve:
+	cargo run --release -p aibox -- serve
+
+test:
+	./scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+bench:
+	./bench/gateway.sh

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). Runs the Rust unit and
+# integration tests, then the end-to-end suite: the real aibox binary in front
+# of the fake upstream, driven by the official `openai` Python SDK, with the
+# real Redis on 127.0.0.1:6379 for the shared rate-limit tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --locked
+
+cargo build --locked -p aibox -p fake-upstream
+
+if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c 'import openai, httpx, redis, pytest' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+fi
+.venv/bin/pytest -q tests/e2e
