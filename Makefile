@@ -9,7 +9,7 @@ test:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 bench:
 	./bench/gateway.sh

@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --workspace --locked
+cargo test --workspace
 
-cargo build --locked -p aibox -p fake-upstream
+cargo build -p aibox -p fake-upstream
 
 if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c 'import openai, httpx, redis, pytest' 2>/dev/null; then
   python3 -m venv .venv

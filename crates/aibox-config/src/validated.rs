@@ -26,7 +26,10 @@ pub struct Config {
     /// The database.
     pub database: DatabaseUrl,
     /// Redis, when limits and replay state are shared between replicas.
-    #[serde(serialize_with = "redacted_url", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "redacted_url",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub redis_url: Option<Secret>,
     /// Gateway authentication.
     pub auth: AuthConfig,
@@ -975,7 +978,12 @@ mod tests {
         }
         assert!(printed.contains("REDACTED"));
         // The effective config is itself a valid config file.
-        let again = load_from_str(&printed, None, &env(&[("OPENAI_KEY_FOR_TEST", "sk-live-abcdef")])).unwrap();
+        let again = load_from_str(
+            &printed,
+            None,
+            &env(&[("OPENAI_KEY_FOR_TEST", "sk-live-abcdef")]),
+        )
+        .unwrap();
         assert_eq!(again.upstreams[0].base_url, c.upstreams[0].base_url);
     }
 

@@ -67,8 +67,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     /// Rate-limit refusals.
     pub rate_limited: Family<ScopeLabels, Counter>,
-    /// Streams being relayed now.
-    pub active_streams: Gauge,
+    /// Requests being forwarded upstream or streamed back now.
+    pub inflight: Gauge,
     /// Times the Redis limiter fell back to memory.
     pub limiter_fallbacks: Gauge<u64, AtomicU64>,
 }
@@ -105,11 +105,11 @@ impl Metrics {
             "Requests refused by a rate limit",
             rate_limited.clone(),
         );
-        let active_streams = Gauge::default();
+        let inflight = Gauge::default();
         registry.register(
-            "active_streams",
-            "Streams being relayed",
-            active_streams.clone(),
+            "inflight_requests",
+            "Requests being forwarded upstream or streamed back",
+            inflight.clone(),
         );
         let limiter_fallbacks = Gauge::<u64, AtomicU64>::default();
         registry.register(
@@ -124,7 +124,7 @@ impl Metrics {
             tokens,
             upstream_errors,
             rate_limited,
-            active_streams,
+            inflight,
             limiter_fallbacks,
         }
     }

@@ -198,7 +198,7 @@ async fn proxy(
         let upstream_slot: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
         let slot = upstream_slot.clone();
         let cb = Box::new(move |summary: StreamSummary| {
-            st.metrics.active_streams.dec();
+            st.metrics.inflight.dec();
             let upstream = slot.get().cloned().unwrap_or_default();
             match &summary.end {
                 StreamEnd::Completed => {}
@@ -222,12 +222,12 @@ async fn proxy(
         (cb, upstream_slot)
     };
     let (cb, upstream_slot) = on_end;
-    st.metrics.active_streams.inc();
+    st.metrics.inflight.inc();
     let routed = st.router.forward(endpoint, map, &info, &rid, cb).await;
     match routed {
         Err(e) => {
             // The callback was dropped unused unless a stream started.
-            st.metrics.active_streams.dec();
+            st.metrics.inflight.dec();
             if let aibox_router::RouterError::Unavailable { attempts } = &e {
                 for a in attempts {
                     st.metrics
@@ -247,7 +247,7 @@ async fn proxy(
             upstream,
             ..
         }) => {
-            st.metrics.active_streams.dec();
+            st.metrics.inflight.dec();
             if let Some(u) = usage {
                 account(&st, &principal, &info.model, &upstream, &rid, u);
             }

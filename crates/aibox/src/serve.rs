@@ -127,7 +127,7 @@ async fn serve(cfg: Config, started: Instant) -> anyhow::Result<()> {
             let path = path.clone();
             tokio::task::spawn_blocking(move || Store::open_sqlite(&path)).await??
         }
-        DatabaseUrl::Postgres(_) => bail!("PostgreSQL is not supported by this build"),
+        DatabaseUrl::Postgres(url) => Store::connect_postgres(url.expose()).await?,
     };
     let limiter = match &cfg.redis_url {
         Some(url) => Limiter::with_redis(cfg.limits.clone(), url, "aibox")
