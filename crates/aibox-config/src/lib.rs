@@ -15,8 +15,10 @@ mod validated;
 
 pub use error::ConfigError;
 pub use validated::{
-    AuthConfig, Config, DatabaseUrl, LimitsConfig, LogConfig, LogFormat, ModelConfig, Rate,
-    ServerConfig, TargetConfig, Timeouts, UpstreamConfig, load, load_from_str,
+    ALLOWED_JWT_ALGORITHMS, AuthConfig, CaptokenConfig, ClaimsConfig, Config,
+    DEFAULT_STRIP_HEADERS, DatabaseUrl, LimitsConfig, LogConfig, LogFormat, ModelConfig,
+    PrincipalAlgorithm, PrincipalConfig, Rate, RouteConfig, ServerConfig, TargetConfig, Timeouts,
+    UpstreamConfig, load, load_from_str,
 };
 
 /// The config file path the seed documents, relative to the working directory.

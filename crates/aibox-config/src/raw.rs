@@ -28,6 +28,12 @@ pub struct RawConfig {
     pub models: Option<Vec<RawModel>>,
     /// Rate limits.
     pub limits: Option<RawLimits>,
+    /// The signed principal header.
+    pub principal: Option<RawPrincipal>,
+    /// Per-turn capability tokens.
+    pub captoken: Option<RawCaptoken>,
+    /// Downstream HTTP services.
+    pub routes: Option<Vec<RawRoute>>,
 }
 
 /// `server:`.
@@ -74,6 +80,76 @@ pub struct RawAuth {
     pub jwks_url: Option<String>,
     /// The exact issuer tokens must carry.
     pub issuer: Option<String>,
+    /// Accepted audiences: a token's `aud` or `azp` must contain one.
+    pub audiences: Option<Vec<String>>,
+    /// Accepted signature algorithms (asymmetric only).
+    pub algorithms: Option<Vec<String>>,
+    /// Clock leeway for `exp`, `nbf` and `iat`.
+    pub leeway_secs: Option<u64>,
+    /// Largest token accepted, in bytes.
+    pub max_token_bytes: Option<u64>,
+    /// Shortest interval between JWKS refetches caused by unknown key ids.
+    pub jwks_refresh_min_secs: Option<u64>,
+    /// Where tenant, user and roles come from in the token.
+    pub claims: Option<RawClaims>,
+    /// Whether gateway API keys are accepted.
+    pub api_keys: Option<bool>,
+    /// Extra inbound identity headers to strip (X-Aibox-* always are).
+    pub strip_headers: Option<Vec<String>>,
+}
+
+/// `auth.claims:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    /// Claims tried in order for the user id.
+    pub user: Option<Vec<String>>,
+    /// The claim holding the tenant.
+    pub tenant: Option<String>,
+    /// A group prefix such as `/tenants/` whose remainder is the tenant.
+    pub tenant_from_group_prefix: Option<String>,
+    /// The tenant when the token names none; absent means refuse.
+    pub default_tenant: Option<String>,
+    /// Dotted path to the roles array.
+    pub roles: Option<String>,
+}
+
+/// `principal:`: the signed `X-Aibox-Principal` header.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrincipal {
+    /// `HS256` (default) or `EdDSA`.
+    pub algorithm: Option<String>,
+    /// Lifetime of a signed principal.
+    pub ttl_secs: Option<u64>,
+}
+
+/// `captoken:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaptoken {
+    /// Lifetime of a CapToken.
+    pub ttl_secs: Option<u64>,
+}
+
+/// One entry of `routes:`: a downstream HTTP service behind the gateway.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Path prefix, e.g. `/webui/`.
+    pub prefix: String,
+    /// Base URL of the downstream service.
+    pub upstream: String,
+    /// The `aud` of the signed principal sent to it.
+    pub audience: String,
+    /// Roles allowed to use the route; absent or empty means any principal.
+    pub allowed_roles: Option<Vec<String>>,
+    /// Operations put in the CapToken minted for each request.
+    pub operations: Option<Vec<String>>,
+    /// Whether the prefix is removed before forwarding.
+    pub strip_prefix: Option<bool>,
+    /// Timeouts.
+    pub timeouts: Option<RawTimeouts>,
 }
 
 /// One entry of `upstreams:`.

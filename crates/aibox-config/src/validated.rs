@@ -39,6 +39,12 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// Rate limits.
     pub limits: LimitsConfig,
+    /// The signed principal header.
+    pub principal: PrincipalConfig,
+    /// Per-turn capability tokens.
+    pub captoken: CaptokenConfig,
+    /// Downstream HTTP services.
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `server:`.
@@ -101,15 +107,126 @@ impl Serialize for DatabaseUrl {
 /// `auth:`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthConfig {
-    /// Whether tokens are required.
+    /// Whether requests must authenticate.
     pub enabled: bool,
-    /// JWKS endpoint.
+    /// JWKS endpoint; absent means discovery from the issuer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
-    /// Exact issuer.
+    /// Exact issuer; absent means OIDC is off (API keys only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Accepted audiences (`aud` or `azp`); empty means not checked.
+    pub audiences: Vec<String>,
+    /// Accepted JWS algorithms.
+    pub algorithms: Vec<String>,
+    /// Clock leeway.
+    #[serde(serialize_with = "secs", rename = "leeway_secs")]
+    pub leeway: Duration,
+    /// Largest token.
+    pub max_token_bytes: usize,
+    /// Shortest interval between unknown-kid refetches.
+    #[serde(serialize_with = "secs", rename = "jwks_refresh_min_secs")]
+    pub jwks_refresh_min: Duration,
+    /// Claim mapping.
+    pub claims: ClaimsConfig,
+    /// Whether gateway API keys are accepted.
+    pub api_keys: bool,
+    /// Inbound identity headers removed besides every `X-Aibox-*`.
+    pub strip_headers: Vec<String>,
 }
+
+/// `auth.claims:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimsConfig {
+    /// Claims tried in order for the user id.
+    pub user: Vec<String>,
+    /// The tenant claim.
+    pub tenant: String,
+    /// Group prefix whose remainder names the tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_from_group_prefix: Option<String>,
+    /// Tenant for tokens that name none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_tenant: Option<TenantId>,
+    /// Dotted path to the roles array.
+    pub roles: String,
+}
+
+/// Signing algorithm of the principal header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PrincipalAlgorithm {
+    /// HMAC-SHA256 with the shared keyring (seed 000 default).
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// Ed25519, so downstream services hold only public keys.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+/// `principal:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrincipalConfig {
+    /// Algorithm.
+    pub algorithm: PrincipalAlgorithm,
+    /// Lifetime.
+    #[serde(serialize_with = "secs", rename = "ttl_secs")]
+    pub ttl: Duration,
+}
+
+/// `captoken:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptokenConfig {
+    /// Lifetime.
+    #[serde(serialize_with = "secs", rename = "ttl_secs")]
+    pub ttl: Duration,
+}
+
+/// One downstream route.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    /// Path prefix, starting and ending with `/`.
+    pub prefix: String,
+    /// Base URL without trailing slash.
+    pub upstream: String,
+    /// Audience of the principal sent downstream.
+    pub audience: String,
+    /// Roles allowed; empty means any authenticated principal.
+    pub allowed_roles: Vec<String>,
+    /// CapToken operations granted per request.
+    pub operations: Vec<String>,
+    /// Whether the prefix is removed before forwarding.
+    pub strip_prefix: bool,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Identity headers stripped by default besides every `X-Aibox-*`: the
+/// headers reverse proxies and auth proxies use to assert a user.
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-remote-user",
+    "x-remote-group",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "x-tenant-id",
+    "x-user-id",
+    "x-user",
+    "x-email",
+    "remote-user",
+];
+
+/// Algorithms `auth.algorithms` may list. Symmetric ones are excluded on
+/// purpose: a shared secret with the identity provider would let anyone who
+/// holds the JWKS forge tokens (key confusion).
+pub const ALLOWED_JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// Upstream timeouts.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -459,11 +576,13 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         None => rs.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
     };
     if !(1024..=1 << 30).contains(&max_body) {
-        return Err(ctx.invalid(
-            &[Key("server"), Key("max_body_bytes")],
-            format!("{max_body} is outside 1024..=1073741824"),
-            "give a byte count between 1 KiB and 1 GiB (default 4194304)",
-        ));
+        let msg = format!("{max_body} is outside 1024..=1073741824");
+        let fix = "give a byte count between 1 KiB and 1 GiB (default 4194304)";
+        return Err(if env.contains_key(env::AIBOX_MAX_BODY_BYTES) {
+            env_invalid(env::AIBOX_MAX_BODY_BYTES, "server.max_body_bytes", msg, fix)
+        } else {
+            ctx.invalid(&[Key("server"), Key("max_body_bytes")], msg, fix)
+        });
     }
     let grace = rs.shutdown_grace_secs.unwrap_or(30);
     if grace > 3600 {
@@ -546,28 +665,120 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
     let jwks_url = env.get(env::AIBOX_AUTH_JWKS_URL).cloned().or(ra.jwks_url);
     let issuer = env.get(env::AIBOX_AUTH_ISSUER).cloned().or(ra.issuer);
     for (name, value) in [("jwks_url", &jwks_url), ("issuer", &issuer)] {
-        match value {
-            None if enabled => {
-                return Err(ctx.invalid(
-                    &[Key("auth"), Key(name)],
-                    format!("auth.enabled is true but auth.{name} is not set"),
-                    format!("set auth.{name} (see seed 000 §2), or set auth.enabled: false for loopback-only development"),
-                ));
-            }
-            Some(v) if !is_http_url(v) => {
-                return Err(ctx.invalid(
-                    &[Key("auth"), Key(name)],
-                    format!("'{v}' is not an http(s) URL"),
-                    "give the full URL including scheme, host and port",
-                ));
-            }
-            _ => {}
+        if let Some(v) = value.as_ref().filter(|v| !is_http_url(v)) {
+            return Err(ctx.invalid(
+                &[Key("auth"), Key(name)],
+                format!("'{v}' is not an http(s) URL"),
+                "give the full URL including scheme, host and port",
+            ));
+        }
+    }
+    let api_keys = ra.api_keys.unwrap_or(true);
+    if enabled && issuer.is_none() && !api_keys {
+        return Err(ctx.invalid(
+            &[Key("auth"), Key("api_keys")],
+            "auth.enabled is true but neither OIDC (auth.issuer) nor API keys (auth.api_keys) are on, so nobody could authenticate",
+            "set auth.issuer and auth.jwks_url (see seed 000 §2), or auth.api_keys: true",
+        ));
+    }
+    let algorithms = ra.algorithms.unwrap_or_else(|| {
+        ["RS256", "PS256", "ES256", "EdDSA"]
+            .map(String::from)
+            .to_vec()
+    });
+    if algorithms.is_empty() {
+        return Err(ctx.invalid(
+            &[Key("auth"), Key("algorithms")],
+            "the list is empty",
+            "list at least one of RS256, PS256, ES256, EdDSA",
+        ));
+    }
+    for a in &algorithms {
+        if !ALLOWED_JWT_ALGORITHMS.contains(&a.as_str()) {
+            return Err(ctx.invalid(
+                &[Key("auth"), Key("algorithms")],
+                format!("'{a}' is not an allowed algorithm (symmetric algorithms and `none` are refused)"),
+                format!("use only: {}", ALLOWED_JWT_ALGORITHMS.join(", ")),
+            ));
+        }
+    }
+    let leeway = ra.leeway_secs.unwrap_or(30);
+    if leeway > 300 {
+        return Err(ctx.invalid(
+            &[Key("auth"), Key("leeway_secs")],
+            format!("{leeway} s is over 300 s"),
+            "keep the leeway small (default 30)",
+        ));
+    }
+    let max_token = ra.max_token_bytes.unwrap_or(8192);
+    if !(512..=65536).contains(&max_token) {
+        return Err(ctx.invalid(
+            &[Key("auth"), Key("max_token_bytes")],
+            format!("{max_token} is outside 512..=65536"),
+            "use the default 8192 unless your provider issues larger tokens",
+        ));
+    }
+    let refresh = ra.jwks_refresh_min_secs.unwrap_or(30);
+    if refresh == 0 {
+        return Err(ctx.invalid(
+            &[Key("auth"), Key("jwks_refresh_min_secs")],
+            "0 would let random key ids make aibox hammer the identity provider",
+            "use at least 1 (default 30)",
+        ));
+    }
+    let rc = ra.claims.unwrap_or_default();
+    let default_tenant = match rc.default_tenant {
+        None => None,
+        Some(t) => Some(TenantId::new(t).map_err(|e| {
+            ctx.invalid(
+                &[Key("auth"), Key("claims"), Key("default_tenant")],
+                e.to_string(),
+                "use a valid tenant id",
+            )
+        })?),
+    };
+    let claims = ClaimsConfig {
+        user: rc
+            .user
+            .unwrap_or_else(|| vec!["preferred_username".into(), "sub".into()]),
+        tenant: rc.tenant.unwrap_or_else(|| "tenant".into()),
+        tenant_from_group_prefix: rc.tenant_from_group_prefix,
+        default_tenant,
+        roles: rc.roles.unwrap_or_else(|| "realm_access.roles".into()),
+    };
+    let mut strip_headers: Vec<String> = DEFAULT_STRIP_HEADERS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect();
+    for h in ra.strip_headers.unwrap_or_default() {
+        let lower = h.to_ascii_lowercase();
+        if lower.is_empty()
+            || !lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ctx.invalid(
+                &[Key("auth"), Key("strip_headers")],
+                format!("'{h}' is not a header name"),
+                "list header names such as X-Forwarded-User",
+            ));
+        }
+        if !strip_headers.contains(&lower) {
+            strip_headers.push(lower);
         }
     }
     let auth = AuthConfig {
         enabled,
         jwks_url,
         issuer,
+        audiences: ra.audiences.unwrap_or_default(),
+        algorithms,
+        leeway: Duration::from_secs(leeway),
+        max_token_bytes: usize::try_from(max_token).unwrap_or(8192),
+        jwks_refresh_min: Duration::from_secs(refresh),
+        claims,
+        api_keys,
+        strip_headers,
     };
 
     let mut upstreams = Vec::new();
@@ -703,6 +914,114 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         tenants.insert(id, r);
     }
 
+    let rp = raw.principal.unwrap_or_default();
+    let algorithm = match rp.algorithm.as_deref() {
+        None | Some("HS256") => PrincipalAlgorithm::Hs256,
+        Some("EdDSA") => PrincipalAlgorithm::EdDsa,
+        Some(other) => {
+            return Err(ctx.invalid(
+                &[Key("principal"), Key("algorithm")],
+                format!("'{other}' is not supported"),
+                "use HS256 (shared keyring) or EdDSA (services hold public keys)",
+            ));
+        }
+    };
+    let principal_ttl = rp.ttl_secs.unwrap_or(60);
+    if !(1..=3600).contains(&principal_ttl) {
+        return Err(ctx.invalid(
+            &[Key("principal"), Key("ttl_secs")],
+            format!("{principal_ttl} is outside 1..=3600"),
+            "keep signed principals short-lived (default 60)",
+        ));
+    }
+    let cap_ttl = raw.captoken.and_then(|c| c.ttl_secs).unwrap_or(300);
+    if !(1..=86_400).contains(&cap_ttl) {
+        return Err(ctx.invalid(
+            &[Key("captoken"), Key("ttl_secs")],
+            format!("{cap_ttl} is outside 1..=86400"),
+            "a CapToken lives for one turn (default 300)",
+        ));
+    }
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (i, r) in raw.routes.unwrap_or_default().into_iter().enumerate() {
+        let key = |k| [Key("routes"), Index(i), Key(k)];
+        if !r.prefix.starts_with('/')
+            || !r.prefix.ends_with('/')
+            || r.prefix.len() < 3
+            || r.prefix.contains("..")
+            || r.prefix.contains("//")
+        {
+            return Err(ctx.invalid(
+                &key("prefix"),
+                format!("'{}' is not a path prefix", r.prefix),
+                "use a prefix such as /webui/ that starts and ends with /",
+            ));
+        }
+        if r.prefix.starts_with("/v1/") || r.prefix.starts_with("/mcp/") {
+            return Err(ctx.invalid(
+                &key("prefix"),
+                format!("'{}' overlaps the gateway's own API", r.prefix),
+                "pick a prefix outside /v1/ and /mcp/",
+            ));
+        }
+        if routes
+            .iter()
+            .any(|p| p.prefix.starts_with(&r.prefix) || r.prefix.starts_with(&p.prefix))
+        {
+            return Err(ctx.invalid(
+                &key("prefix"),
+                format!("'{}' overlaps another route's prefix", r.prefix),
+                "give each route a distinct, non-nested prefix",
+            ));
+        }
+        let upstream = normalize_base_url(&r.upstream).map_err(|msg| {
+            ctx.invalid(
+                &key("upstream"),
+                msg,
+                "give an http(s) URL such as http://127.0.0.1:3000",
+            )
+        })?;
+        if !valid_name(&r.audience) {
+            return Err(ctx.invalid(
+                &key("audience"),
+                format!("'{}' is not a valid audience", r.audience),
+                "use the downstream service's name, [A-Za-z0-9._-]{1,64}",
+            ));
+        }
+        let operations = r.operations.unwrap_or_default();
+        for op in &operations {
+            let ok = op.split_once(':').is_some_and(|(kind, name)| {
+                !kind.is_empty()
+                    && kind.bytes().all(|b| b.is_ascii_lowercase())
+                    && !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-/*".contains(&b))
+            });
+            if !ok {
+                return Err(ctx.invalid(
+                    &key("operations"),
+                    format!("'{op}' is not an operation"),
+                    "use KIND:NAME such as tool:files/read or memory:read",
+                ));
+            }
+        }
+        let t = timeouts(
+            r.timeouts.unwrap_or_default(),
+            ctx,
+            &[Key("routes"), Index(i), Key("timeouts")],
+        )?;
+        routes.push(RouteConfig {
+            prefix: r.prefix,
+            upstream,
+            audience: r.audience,
+            allowed_roles: r.allowed_roles.unwrap_or_default(),
+            operations,
+            strip_prefix: r.strip_prefix.unwrap_or(true),
+            timeouts: t,
+        });
+    }
+
     Ok(Config {
         source: ctx.path.map(Path::to_path_buf),
         server: ServerConfig {
@@ -723,6 +1042,14 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             user,
             tenants,
         },
+        principal: PrincipalConfig {
+            algorithm,
+            ttl: Duration::from_secs(principal_ttl),
+        },
+        captoken: CaptokenConfig {
+            ttl: Duration::from_secs(cap_ttl),
+        },
+        routes,
     })
 }
 
@@ -907,8 +1234,32 @@ mod tests {
                 &["cfg.yaml:2", "auth.enabled", "invalid type"],
             ),
             (
-                "auth:\n  enabled: true\n",
-                &["auth.jwks_url", "auth.enabled: false"],
+                "auth:\n  enabled: true\n  api_keys: false\n",
+                &["cfg.yaml:3", "auth.api_keys", "nobody could authenticate"],
+            ),
+            (
+                "auth:\n  algorithms: [RS256, HS256]\n",
+                &["cfg.yaml:2", "auth.algorithms", "HS256", "symmetric"],
+            ),
+            (
+                "auth:\n  algorithms: [none]\n",
+                &["auth.algorithms", "'none'"],
+            ),
+            (
+                "routes:\n  - prefix: /v1/x/\n    upstream: http://x\n    audience: a\n",
+                &["cfg.yaml:2", "routes[0].prefix", "overlaps"],
+            ),
+            (
+                "routes:\n  - prefix: /a/\n    upstream: http://x\n    audience: a\n  - prefix: /a/b/\n    upstream: http://y\n    audience: b\n",
+                &["cfg.yaml:5", "routes[1].prefix"],
+            ),
+            (
+                "routes:\n  - prefix: /a/\n    upstream: http://x\n    audience: a\n    operations: ['tool files']\n",
+                &["cfg.yaml:5", "routes[0].operations"],
+            ),
+            (
+                "principal:\n  algorithm: RS256\n",
+                &["cfg.yaml:2", "principal.algorithm"],
             ),
             (
                 "upstreams:\n  - name: a\n    base_url: http://x/v1\n    timeouts:\n      connect_ms: 0\n",

@@ -54,7 +54,14 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
     req.extensions_mut().insert(rid.clone());
     let span =
         tracing::info_span!("request", request_id = %rid, method = %req.method(), route = %route);
+    // If the client goes away before the response, this future is dropped
+    // mid-await; the guard still counts and logs the request (as 499, the
+    // status nginx uses for a client that closed the connection).
+    let mut gone = ClientGone {
+        state: Some((state.clone(), route.clone(), started, span.clone())),
+    };
     let mut resp = next.run(req).instrument(span.clone()).await;
+    gone.state = None;
     let status = resp.status();
     if let Ok(v) = HeaderValue::from_str(rid.as_str()) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
@@ -81,6 +88,31 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
         );
     });
     resp
+}
+
+struct ClientGone {
+    state: Option<(Arc<AppState>, String, Instant, tracing::Span)>,
+}
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if let Some((state, route, started, span)) = self.state.take() {
+            state
+                .metrics
+                .requests
+                .get_or_create(&HttpLabels {
+                    route,
+                    status: "499".to_owned(),
+                })
+                .inc();
+            span.in_scope(|| {
+                tracing::info!(
+                    micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "client closed the connection before the response"
+                );
+            });
+        }
+    }
 }
 
 #[cfg(test)]

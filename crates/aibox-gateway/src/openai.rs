@@ -197,8 +197,12 @@ async fn proxy(
         let rid = rid.clone();
         let upstream_slot: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
         let slot = upstream_slot.clone();
+        // The guard lives in the callback, which the router drops when no
+        // stream starts, the relay drops when a stream ends, and a cancelled
+        // handler drops with the router future: every path decrements once.
+        let inflight = Inflight::enter(&st.metrics.inflight);
         let cb = Box::new(move |summary: StreamSummary| {
-            st.metrics.inflight.dec();
+            let _inflight = inflight;
             let upstream = slot.get().cloned().unwrap_or_default();
             match &summary.end {
                 StreamEnd::Completed => {}
@@ -222,12 +226,9 @@ async fn proxy(
         (cb, upstream_slot)
     };
     let (cb, upstream_slot) = on_end;
-    st.metrics.inflight.inc();
     let routed = st.router.forward(endpoint, map, &info, &rid, cb).await;
     match routed {
         Err(e) => {
-            // The callback was dropped unused unless a stream started.
-            st.metrics.inflight.dec();
             if let aibox_router::RouterError::Unavailable { attempts } = &e {
                 for a in attempts {
                     st.metrics
@@ -247,7 +248,6 @@ async fn proxy(
             upstream,
             ..
         }) => {
-            st.metrics.inflight.dec();
             if let Some(u) = usage {
                 account(&st, &principal, &info.model, &upstream, &rid, u);
             }
@@ -279,6 +279,22 @@ async fn proxy(
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(r)
         }
+    }
+}
+
+/// Counts a request in the in-flight gauge until dropped.
+struct Inflight(prometheus_client::metrics::gauge::Gauge);
+
+impl Inflight {
+    fn enter(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

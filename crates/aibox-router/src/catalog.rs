@@ -38,6 +38,13 @@ pub struct ModelInfo {
 
 type Targets = Vec<(usize, String)>;
 
+/// When discovery last ran, and whether every upstream failed then.
+#[derive(Default)]
+pub(crate) struct RefreshState {
+    at: Option<Instant>,
+    failed: Option<Vec<AttemptFailure>>,
+}
+
 pub(crate) struct Discovered {
     at: Instant,
     models: Vec<ModelInfo>,
@@ -51,7 +58,7 @@ pub(crate) enum Catalog {
     },
     Discovered {
         state: RwLock<Option<Discovered>>,
-        refresh: Mutex<Option<Instant>>,
+        refresh: Mutex<RefreshState>,
     },
 }
 
@@ -60,7 +67,7 @@ impl Catalog {
         if cfg.models.is_empty() {
             return Catalog::Discovered {
                 state: RwLock::new(None),
-                refresh: Mutex::new(None),
+                refresh: Mutex::new(RefreshState::default()),
             };
         }
         let mut map = HashMap::new();
@@ -140,22 +147,29 @@ impl Catalog {
     /// unless a miss-driven refresh happened within [`MISS_REFRESH`].
     async fn refresh(
         state: &RwLock<Option<Discovered>>,
-        refresh: &Mutex<Option<Instant>>,
+        refresh: &Mutex<RefreshState>,
         upstreams: &[Upstream],
         forced: bool,
     ) -> Result<(), RouterError> {
         let mut last = refresh.lock().await;
-        if let Some(at) = *last {
+        if let Some(at) = last.at {
             let fresh_enough = state
                 .read()
                 .await
                 .as_ref()
                 .is_some_and(|d| d.at.elapsed() < TTL);
             if at.elapsed() < MISS_REFRESH && (fresh_enough || !forced) {
-                return Ok(());
+                // Within the interval, repeat the last outcome: a failed
+                // discovery stays a 503, not a misleading "model not found".
+                return match &last.failed {
+                    Some(attempts) => Err(RouterError::Discovery {
+                        attempts: attempts.clone(),
+                    }),
+                    None => Ok(()),
+                };
             }
         }
-        *last = Some(Instant::now());
+        last.at = Some(Instant::now());
         let mut models = Vec::new();
         let mut map: HashMap<String, Targets> = HashMap::new();
         let mut failures = Vec::new();
@@ -181,8 +195,10 @@ impl Catalog {
             }
         }
         if failures.len() == upstreams.len() && !upstreams.is_empty() {
+            last.failed = Some(failures.clone());
             return Err(RouterError::Discovery { attempts: failures });
         }
+        last.failed = None;
         for f in &failures {
             tracing::warn!(upstream = %f.upstream, reason = %f.reason, "cannot list this upstream's models");
         }

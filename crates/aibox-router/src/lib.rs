@@ -262,6 +262,7 @@ impl Router {
         on_stream_end: OnEnd,
     ) -> Result<Routed, RouterError> {
         let targets = self.catalog.resolve(&info.model, &self.upstreams).await?;
+        let hide_usage_event = info.stream && request_usage(&mut body);
         let mut failures = Vec::new();
         let mut on_end = Some(on_stream_end);
         for (i, (upstream_idx, upstream_model)) in targets.iter().enumerate() {
@@ -307,6 +308,7 @@ impl Router {
                         up.timeouts.idle,
                         deadline,
                         cb,
+                        hide_usage_event,
                     );
                     return Ok(Routed::Stream {
                         relay,
@@ -399,6 +401,24 @@ impl Router {
         }
         Ok(Answer::Complete { status, body })
     }
+}
+
+/// Makes a streaming request ask for usage, so that token limits and
+/// accounting see every stream. Returns true when the client had not asked
+/// for it, in which case the usage-only event must be hidden from it again.
+fn request_usage(body: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+    let opts = body
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    let serde_json::Value::Object(opts) = opts else {
+        // A malformed stream_options is the upstream's to refuse; leave it.
+        return false;
+    };
+    if opts.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+        return false;
+    }
+    opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+    true
 }
 
 enum Answer {

@@ -111,7 +111,7 @@ pub fn parse_usage(json: &[u8]) -> Option<Usage> {
 /// `APIError` when a stream yields such an event.
 pub fn error_event(message: &str, code: &str) -> Bytes {
     let body = serde_json::json!({
-        "error": { "message": message, "type": "upstream_error", "code": code }
+        "error": { "message": message, "type": "upstream_error", "param": null, "code": code }
     });
     Bytes::from(format!("data: {body}\n\n"))
 }
@@ -151,6 +151,73 @@ pub struct Relay {
     bytes: u64,
     on_end: Option<OnEnd>,
     end: Option<StreamEnd>,
+    filter: Option<UsageEventFilter>,
+}
+
+/// Removes the usage-only chunk from a stream whose client did not ask for
+/// it. aibox asks every upstream for usage (token limits need it, and a
+/// client must not dodge them by not asking); this hides the extra event
+/// from clients that did not request `stream_options.include_usage`.
+///
+/// It cuts the byte stream at event boundaries (a blank line), which holds a
+/// partial event back until its end arrives; events that mention no usage
+/// are never parsed.
+#[derive(Debug, Default)]
+pub struct UsageEventFilter {
+    buf: Vec<u8>,
+}
+
+impl UsageEventFilter {
+    /// Takes the next bytes and returns what may be forwarded now.
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(self.buf.len());
+        let mut start = 0;
+        while let Some(end) = event_end(&self.buf[start..]) {
+            let event = &self.buf[start..start + end];
+            if !is_usage_only(event) {
+                out.extend_from_slice(event);
+            }
+            start += end;
+        }
+        self.buf.drain(..start);
+        Bytes::from(out)
+    }
+
+    /// Returns whatever is left (an unterminated event) at the end.
+    pub fn finish(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.buf))
+    }
+}
+
+/// The length of the first complete event including its blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_usage_only(event: &[u8]) -> bool {
+    if !memchr(event, b"\"usage\"") {
+        return false;
+    }
+    let mut data = Vec::new();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(d) = line.strip_prefix(b"data:") {
+            data.extend_from_slice(d.trim_ascii());
+        }
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+        return false;
+    };
+    v.get("choices")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(Vec::is_empty)
+        && v.get("usage").is_some_and(serde_json::Value::is_object)
 }
 
 impl Relay {
@@ -160,6 +227,7 @@ impl Relay {
         idle: Duration,
         deadline: Instant,
         on_end: OnEnd,
+        hide_usage_event: bool,
     ) -> Self {
         let first = (Instant::now() + idle).min(deadline);
         Self {
@@ -171,6 +239,7 @@ impl Relay {
             bytes: 0,
             on_end: Some(on_end),
             end: None,
+            filter: hide_usage_event.then(UsageEventFilter::default),
         }
     }
 
@@ -186,7 +255,14 @@ impl Relay {
     }
 
     fn fail(&mut self, message: String, code: &str) -> Poll<Option<Result<Bytes, std::io::Error>>> {
-        let ev = error_event(&message, code);
+        let ev = match self.filter.as_mut().map(UsageEventFilter::finish) {
+            Some(rest) if !rest.is_empty() => {
+                let mut joined = rest.to_vec();
+                joined.extend_from_slice(&error_event(&message, code));
+                Bytes::from(joined)
+            }
+            _ => error_event(&message, code),
+        };
         self.end = Some(StreamEnd::UpstreamFailed(message));
         self.inner = None;
         Poll::Ready(Some(Ok(ev)))
@@ -210,7 +286,17 @@ impl Stream for Relay {
                 this.bytes += chunk.len() as u64;
                 let next = (Instant::now() + this.idle).min(this.deadline);
                 this.timer.as_mut().reset(next);
-                Poll::Ready(Some(Ok(chunk)))
+                let out = match this.filter.as_mut() {
+                    Some(f) => f.push(&chunk),
+                    None => chunk,
+                };
+                if out.is_empty() {
+                    // Everything was held back or filtered; poll again so
+                    // the waker is registered with the upstream.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(out)))
             }
             Poll::Ready(Some(Err(e))) => this.fail(
                 format!("the upstream stream broke: {}", crate::describe_reqwest(&e)),
@@ -219,6 +305,15 @@ impl Stream for Relay {
             Poll::Ready(None) => {
                 if this.scanner.done() {
                     this.inner = None;
+                    let rest = this
+                        .filter
+                        .as_mut()
+                        .map(UsageEventFilter::finish)
+                        .unwrap_or_default();
+                    if !rest.is_empty() {
+                        this.end = Some(StreamEnd::Completed);
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
                     this.finish(StreamEnd::Completed);
                     Poll::Ready(None)
                 } else {
@@ -300,6 +395,26 @@ mod tests {
         assert!(s.line.is_empty());
         s.feed(b"\ndata: [DONE]\n");
         assert!(s.done());
+    }
+
+    #[test]
+    fn usage_filter_drops_only_the_usage_event_whatever_the_chunking() {
+        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\r\n\r\ndata: [DONE]\n\n";
+        for size in [1, 3, 7, 64, text.len()] {
+            let mut f = UsageEventFilter::default();
+            let mut out = Vec::new();
+            for piece in text.as_bytes().chunks(size) {
+                out.extend_from_slice(&f.push(piece));
+            }
+            out.extend_from_slice(&f.finish());
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.contains("\"content\":\"hi\""), "{out}");
+            assert!(out.contains("[DONE]"), "{out}");
+            assert!(
+                !out.contains("prompt_tokens"),
+                "usage event kept at chunk size {size}: {out}"
+            );
+        }
     }
 
     #[test]
