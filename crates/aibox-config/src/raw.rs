@@ -106,6 +106,8 @@ pub struct RawClaims {
     pub user: Option<Vec<String>>,
     /// The claim holding the tenant.
     pub tenant: Option<String>,
+    /// The claim holding group paths (Keycloak: `groups`).
+    pub groups: Option<String>,
     /// A group prefix such as `/tenants/` whose remainder is the tenant.
     pub tenant_from_group_prefix: Option<String>,
     /// The tenant when the token names none; absent means refuse.

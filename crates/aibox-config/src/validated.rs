@@ -142,6 +142,8 @@ pub struct ClaimsConfig {
     pub user: Vec<String>,
     /// The tenant claim.
     pub tenant: String,
+    /// The claim holding group paths.
+    pub groups: String,
     /// Group prefix whose remainder names the tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_from_group_prefix: Option<String>,
@@ -742,6 +744,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             .user
             .unwrap_or_else(|| vec!["preferred_username".into(), "sub".into()]),
         tenant: rc.tenant.unwrap_or_else(|| "tenant".into()),
+        groups: rc.groups.unwrap_or_else(|| "groups".into()),
         tenant_from_group_prefix: rc.tenant_from_group_prefix,
         default_tenant,
         roles: rc.roles.unwrap_or_else(|| "realm_access.roles".into()),

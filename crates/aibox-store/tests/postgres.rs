@@ -4,6 +4,9 @@
 //! in parallel without seeing each other's rows. A server that is down fails
 //! the test with a message; it is never skipped.
 
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use aibox_core::audit::Usage;
 use aibox_core::{TenantId, UserId};
 use aibox_store::{ApiKeyRecord, Store, UsageRecord};
