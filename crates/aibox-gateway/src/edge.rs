@@ -13,7 +13,7 @@ use aibox_core::RequestId;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use tracing::Instrument as _;
 
 use crate::AppState;
@@ -22,13 +22,14 @@ use crate::metrics::{HttpLabels, RouteLabels};
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Removes every header whose name starts with `x-aibox-`. Header names are
-/// case-insensitive and `http` stores them lowercased, so one prefix test
-/// covers every spelling, and `remove` drops every copy.
-pub fn strip_aibox_headers(headers: &mut axum::http::HeaderMap) {
+/// Removes every header whose name starts with `x-aibox-`, and every header
+/// in `extra`. Header names are case-insensitive and `http` stores them
+/// lowercased, so one comparison covers every spelling, and `remove` drops
+/// every copy.
+pub fn strip_identity_headers(headers: &mut axum::http::HeaderMap, extra: &[HeaderName]) {
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-aibox-"))
+        .filter(|k| k.as_str().starts_with("x-aibox-") || extra.contains(k))
         .cloned()
         .collect();
     for k in doomed {
@@ -39,7 +40,7 @@ pub fn strip_aibox_headers(headers: &mut axum::http::HeaderMap) {
 /// The edge middleware.
 pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    strip_aibox_headers(req.headers_mut());
+    strip_identity_headers(req.headers_mut(), state.auth.strip_headers());
     let rid = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -60,7 +61,21 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
     let mut gone = ClientGone {
         state: Some((state.clone(), route.clone(), started, span.clone())),
     };
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = async {
+        match state.auth.authenticate(req.headers()).await {
+            Ok(principal) => {
+                // The credential has done its job; nothing after the edge
+                // may forward it (a downstream gets the signed principal).
+                req.headers_mut().remove(axum::http::header::AUTHORIZATION);
+                tracing::debug!(tenant = %principal.tenant, user = %principal.user, "authenticated");
+                req.extensions_mut().insert(principal);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     gone.state = None;
     let status = resp.status();
     if let Ok(v) = HeaderValue::from_str(rid.as_str()) {
@@ -126,7 +141,9 @@ mod tests {
         h.append("x-aibox-principal", HeaderValue::from_static("forged2"));
         h.append("X-AIBOX-TENANT", HeaderValue::from_static("acme"));
         h.append("x-request-id", HeaderValue::from_static("keep"));
-        strip_aibox_headers(&mut h);
+        h.append("X-Forwarded-User", HeaderValue::from_static("admin"));
+        h.append("x-forwarded-user", HeaderValue::from_static("admin2"));
+        strip_identity_headers(&mut h, &[HeaderName::from_static("x-forwarded-user")]);
         assert_eq!(h.len(), 1);
         assert!(h.get("x-request-id").is_some());
     }

@@ -23,6 +23,7 @@ pub struct ApiError {
     param: Option<&'static str>,
     message: String,
     retry_after: Option<Duration>,
+    www_authenticate: bool,
 }
 
 impl ApiError {
@@ -40,6 +41,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             retry_after: None,
+            www_authenticate: false,
         }
     }
 
@@ -53,6 +55,31 @@ impl ApiError {
         );
         e.param = param;
         e
+    }
+
+    /// 401: the credential is missing or not valid. The client learns the
+    /// reason code (`expired`, `issuer_mismatch`, ...), never token contents.
+    pub fn unauthorized(reason: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            format!(
+                "authentication failed ({reason}); send a valid access token or gateway API key as `Authorization: Bearer`"
+            ),
+        );
+        e.www_authenticate = true;
+        e
+    }
+
+    /// 403: authenticated, but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "permission_denied",
+            message,
+        )
     }
 
     /// The status.
@@ -87,6 +114,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.www_authenticate {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -7,6 +7,8 @@
 //! `X-Aibox-*` headers, assigns the request id and records metrics.
 //! [`error::ApiError`] is the one place where errors become responses.
 
+pub mod auth;
+pub mod downstream;
 pub mod edge;
 pub mod error;
 pub mod metrics;
@@ -16,12 +18,15 @@ mod ops;
 use std::sync::Arc;
 
 use aibox_config::Config;
+use aibox_config::PrincipalAlgorithm;
+use aibox_core::keyring::Keyring;
+use aibox_identity::{CapTokenMinter, PrincipalSigner};
 use aibox_limits::Limiter;
 use aibox_router::Router as ModelRouter;
 use aibox_store::Store;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -38,12 +43,92 @@ pub struct AppState {
     pub store: Store,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Authentication.
+    pub auth: Arc<auth::Authenticator>,
+    /// Signs `X-Aibox-Principal` for downstream services.
+    pub principal_signer: PrincipalSigner,
+    /// Mints per-turn CapTokens.
+    pub captoken_minter: CapTokenMinter,
+    /// Downstream routes, in config order.
+    pub downstreams: Vec<downstream::Downstream>,
+}
+
+/// The keyrings the gateway signs with.
+pub struct SigningKeys {
+    /// `AIBOX_PRINCIPAL_KEYS`.
+    pub principal: Keyring,
+    /// `AIBOX_CAPTOKEN_KEYS`.
+    pub captoken: Keyring,
+}
+
+/// Why the gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Authentication settings.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthSetupError),
+    /// A downstream route's HTTP client.
+    #[error("routes: cannot build the HTTP client for {prefix}: {source}")]
+    Route {
+        /// The route.
+        prefix: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+}
+
+impl AppState {
+    /// Assembles the state from the config and the parts the binary built.
+    pub fn new(
+        config: Arc<Config>,
+        router: Arc<ModelRouter>,
+        limiter: Arc<Limiter>,
+        store: Store,
+        keys: &SigningKeys,
+    ) -> Result<Self, SetupError> {
+        let auth = auth::Authenticator::new(&config.auth, store.clone())?;
+        let principal_signer = match config.principal.algorithm {
+            PrincipalAlgorithm::Hs256 => PrincipalSigner::hmac(&keys.principal),
+            PrincipalAlgorithm::EdDsa => PrincipalSigner::ed25519(&keys.principal),
+        }
+        .with_ttl(config.principal.ttl);
+        let captoken_minter = CapTokenMinter::new(&keys.captoken).with_ttl(config.captoken.ttl);
+        let downstreams = config
+            .routes
+            .iter()
+            .map(|r| {
+                downstream::Downstream::new(r.clone()).map_err(|source| SetupError::Route {
+                    prefix: r.prefix.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            config,
+            router,
+            limiter,
+            store,
+            metrics: Arc::new(Metrics::new()),
+            auth: Arc::new(auth),
+            principal_signer,
+            captoken_minter,
+            downstreams,
+        })
+    }
 }
 
 /// The main (public) router.
 pub fn main_router(state: Arc<AppState>) -> Router {
     let max_body = state.config.server.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    for d in &state.downstreams {
+        // The prefix itself and everything below it; the handler picks the
+        // route by prefix again, so both shapes reach the same config.
+        router = router
+            .route(d.prefix(), any(downstream::proxy))
+            .route(&format!("{}{{*rest}}", d.prefix()), any(downstream::proxy));
+    }
+    router
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))

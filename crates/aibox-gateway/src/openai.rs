@@ -60,25 +60,28 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 pub(crate) async fn chat_completions(
     State(st): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(principal): Extension<Principal>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    proxy(st, Endpoint::ChatCompletions, rid, body.0).await
+    proxy(st, Endpoint::ChatCompletions, rid, principal, body.0).await
 }
 
 pub(crate) async fn completions(
     State(st): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(principal): Extension<Principal>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    proxy(st, Endpoint::Completions, rid, body.0).await
+    proxy(st, Endpoint::Completions, rid, principal, body.0).await
 }
 
 pub(crate) async fn embeddings(
     State(st): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(principal): Extension<Principal>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    proxy(st, Endpoint::Embeddings, rid, body.0).await
+    proxy(st, Endpoint::Embeddings, rid, principal, body.0).await
 }
 
 pub(crate) async fn models(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
@@ -170,11 +173,9 @@ async fn proxy(
     st: Arc<AppState>,
     endpoint: Endpoint,
     rid: RequestId,
+    principal: Principal,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // Authentication is off in this build; `aibox serve` refuses to start
-    // with auth.enabled or on a public address without the danger flag.
-    let principal = Principal::anonymous();
     let (map, info) = ModelRouter::inspect(endpoint, &body)?;
     if let Err(denied) = st.limiter.admit(&principal).await {
         let scope = match denied.scope {

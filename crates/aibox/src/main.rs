@@ -2,7 +2,10 @@
 //! the library crates together. All behaviour worth testing lives in the
 //! libraries; errors here are `anyhow` with the library error as the cause.
 
+mod apikey;
 mod devkeys;
+mod envfile;
+mod keys;
 mod serve;
 
 use std::path::PathBuf;
@@ -27,6 +30,83 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage gateway API keys (stored as hashes in the database).
+    Apikey {
+        /// The config file (for database.url).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+    /// List and rotate the signing keyrings.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Work with signed `X-Aibox-Principal` headers.
+    Principal {
+        #[command(subcommand)]
+        command: PrincipalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create a key; it is printed once on stdout.
+    Create {
+        /// The tenant the key acts in.
+        #[arg(long)]
+        tenant: String,
+        /// The user the key acts as.
+        #[arg(long)]
+        user: String,
+        /// Roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 30d, 12h (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List keys (ids, owners, roles, status; never secrets).
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key id (the 16 hex digits after `aibox_`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show key ids and fingerprints of every keyring (never key material).
+    List,
+    /// Put a new signing key in front of a keyring, keeping the old ones.
+    Rotate {
+        /// Which keyring.
+        which: keys::Which,
+        /// The environment file holding the keyring.
+        #[arg(long, default_value = ".env")]
+        env_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrincipalCommand {
+    /// Verify a signed principal with AIBOX_PRINCIPAL_KEYS and print its claims.
+    Verify {
+        /// The compact JWS (the X-Aibox-Principal header value).
+        token: String,
+        /// The audience (service name) it must be addressed to.
+        #[arg(long)]
+        audience: String,
+        /// Verify as Ed25519 (principal.algorithm: EdDSA) instead of HS256.
+        #[arg(long)]
+        ed25519: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +126,21 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check(config),
+        Command::Apikey { config, command } => apikey_command(config, command),
+        Command::Keys { command } => match command {
+            KeysCommand::List => environment().and_then(|env| keys::list(&env)),
+            KeysCommand::Rotate { which, env_file } => {
+                keys::check_env_file(&env_file).and_then(|()| keys::rotate(which, &env_file))
+            }
+        },
+        Command::Principal {
+            command:
+                PrincipalCommand::Verify {
+                    token,
+                    audience,
+                    ed25519,
+                },
+        } => principal_verify(&token, &audience, ed25519),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +157,45 @@ fn environment() -> anyhow::Result<aibox_config::env::Env> {
     let mut env = aibox_config::env::process_env();
     aibox_config::env::merge_dotenv(std::path::Path::new(".env"), &mut env)?;
     Ok(env)
+}
+
+fn apikey_command(config: Option<PathBuf>, command: ApikeyCommand) -> anyhow::Result<()> {
+    let env = environment()?;
+    let cfg = aibox_config::load(config.as_deref(), &env)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match command {
+            ApikeyCommand::Create {
+                tenant,
+                user,
+                roles,
+                expires,
+            } => apikey::create(&cfg, &tenant, &user, &roles, expires.as_deref()).await,
+            ApikeyCommand::List { tenant } => apikey::list(&cfg, tenant.as_deref()).await,
+            ApikeyCommand::Revoke { id } => apikey::revoke(&cfg, &id).await,
+        }
+    })
+}
+
+fn principal_verify(token: &str, audience: &str, ed25519: bool) -> anyhow::Result<()> {
+    let env = environment()?;
+    let ring = aibox_identity::load_keyring(
+        aibox_identity::KeyringKind::Principal,
+        env.get(aibox_config::env::AIBOX_PRINCIPAL_KEYS)
+            .map(String::as_str),
+    )?;
+    let verifier = if ed25519 {
+        aibox_identity::PrincipalVerifier::ed25519(&ring)
+    } else {
+        aibox_identity::PrincipalVerifier::hmac(&ring)
+    };
+    let claims = verifier
+        .verify(token, audience, std::time::SystemTime::now())
+        .map_err(|e| anyhow::anyhow!("{e}; {}", e.operator_hint()))?;
+    println!("{}", serde_json::to_string_pretty(&claims)?);
+    Ok(())
 }
 
 fn config_check(path: Option<PathBuf>) -> anyhow::Result<()> {

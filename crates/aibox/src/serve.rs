@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aibox_config::{Config, DatabaseUrl, LogFormat};
-use aibox_gateway::{AppState, Metrics};
+use aibox_gateway::{AppState, SigningKeys};
+use aibox_identity::{KeyringKind, load_keyring};
 use aibox_limits::Limiter;
 use aibox_store::Store;
 use anyhow::{Context as _, bail};
@@ -50,7 +51,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("aibox")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cfg, started))
+    let keys = SigningKeys {
+        principal: load_keyring(
+            KeyringKind::Principal,
+            env.get(aibox_config::env::AIBOX_PRINCIPAL_KEYS)
+                .map(String::as_str),
+        )?,
+        captoken: load_keyring(
+            KeyringKind::CapToken,
+            env.get(aibox_config::env::AIBOX_CAPTOKEN_KEYS)
+                .map(String::as_str),
+        )?,
+    };
+    runtime.block_on(serve(cfg, keys, started))
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -74,12 +87,6 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
 /// Refuses configurations that would expose an unauthenticated gateway or
 /// the ops listener to the network.
 fn check_exposure(cfg: &Config, danger: bool) -> anyhow::Result<()> {
-    if cfg.auth.enabled {
-        bail!(
-            "auth.enabled is true, but OIDC validation is not part of this build yet; refusing to start rather than \
-             serve without authentication; fix: set auth.enabled: false and keep server.listen on loopback"
-        );
-    }
     if !cfg.server.listen.ip().is_loopback() && !danger {
         bail!(
             "server.listen is {} (not loopback) while auth.enabled is false, so anyone who can reach it would use \
@@ -120,7 +127,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}; fix: free the port or change {key}"))
 }
 
-async fn serve(cfg: Config, started: Instant) -> anyhow::Result<()> {
+async fn serve(cfg: Config, keys: SigningKeys, started: Instant) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let store = match &cfg.database {
         DatabaseUrl::Sqlite(path) => {
@@ -136,13 +143,14 @@ async fn serve(cfg: Config, started: Instant) -> anyhow::Result<()> {
         None => Limiter::in_memory(cfg.limits.clone()),
     };
     let router = aibox_router::Router::new(&cfg)?;
-    let state = Arc::new(AppState {
-        config: cfg.clone(),
+    let state = Arc::new(AppState::new(
+        cfg.clone(),
         router,
-        limiter: Arc::new(limiter),
-        store: store.clone(),
-        metrics: Arc::new(Metrics::new()),
-    });
+        Arc::new(limiter),
+        store.clone(),
+        &keys,
+    )?);
+    state.auth.preload().await;
 
     let main_listener = bind(cfg.server.listen, "server.listen (AIBOX_LISTEN)").await?;
     let ops_listener = bind(

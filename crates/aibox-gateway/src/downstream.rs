@@ -1,0 +1,257 @@
+//! Downstream HTTP services behind the gateway (`routes:` in the config).
+//!
+//! This is how Open WebUI, Dify or an agent runtime sit behind aibox. For a
+//! request under a route's prefix the gateway has already authenticated the
+//! caller and stripped every identity header; here it checks the route's
+//! roles, signs a short-lived `X-Aibox-Principal` for the route's audience,
+//! mints a CapToken for a fresh turn when the route grants operations, and
+//! streams the request and the response through. The client's own
+//! credential is never forwarded.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aibox_config::RouteConfig;
+use aibox_core::{Principal, RequestId, TurnId};
+use aibox_identity::CapGrant;
+use axum::body::Body;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_util::TryStreamExt as _;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The header carrying the signed principal.
+pub const PRINCIPAL_HEADER: &str = "x-aibox-principal";
+/// The header carrying the turn's CapToken.
+pub const CAPTOKEN_HEADER: &str = "x-aibox-captoken";
+/// The header carrying the turn id.
+pub const TURN_HEADER: &str = "x-aibox-turn";
+
+/// A configured route with its HTTP client.
+pub struct Downstream {
+    cfg: RouteConfig,
+    client: reqwest::Client,
+}
+
+impl Downstream {
+    /// Builds the client of one route.
+    pub fn new(cfg: RouteConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.timeouts.connect)
+            .timeout(cfg.timeouts.total)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self { cfg, client })
+    }
+
+    /// The route's prefix.
+    pub fn prefix(&self) -> &str {
+        &self.cfg.prefix
+    }
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for (k, v) in from {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name) || named.iter().any(|n| n == name) {
+            continue;
+        }
+        to.append(k.clone(), v.clone());
+    }
+}
+
+/// Proxies one request to the route whose prefix matches.
+pub(crate) async fn proxy(
+    State(st): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(principal): Extension<Principal>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_owned();
+    let Some(route) = st
+        .downstreams
+        .iter()
+        .find(|d| path.starts_with(&d.cfg.prefix))
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            "no route",
+        ));
+    };
+    let cfg = &route.cfg;
+    if !cfg.allowed_roles.is_empty() && !cfg.allowed_roles.iter().any(|r| principal.has_role(r)) {
+        tracing::warn!(route = %cfg.prefix, user = %principal.user, "refused: the principal has none of the route's allowed_roles");
+        return Err(ApiError::forbidden(format!(
+            "your roles do not allow {}; ask an operator for one of the roles this route requires",
+            cfg.prefix
+        )));
+    }
+    let rest = if cfg.strip_prefix {
+        &path[cfg.prefix.len() - 1..]
+    } else {
+        path.as_str()
+    };
+    let mut url = format!("{}{}", cfg.upstream, rest);
+    if let Some(q) = req.uri().query() {
+        url.push('?');
+        url.push_str(q);
+    }
+
+    let now = SystemTime::now();
+    let signed = st
+        .principal_signer
+        .sign(&principal, &cfg.audience, &rid, now)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign the principal; check AIBOX_PRINCIPAL_KEYS");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "principal_signing_failed",
+                "the gateway cannot sign the caller's identity",
+            )
+        })?;
+    let turn = TurnId::generate();
+    let mut headers = HeaderMap::new();
+    copy_headers(req.headers(), &mut headers);
+    let sensitive = |v: String| {
+        HeaderValue::from_str(&v).map(|mut h| {
+            h.set_sensitive(true);
+            h
+        })
+    };
+    let internal = |what: &str| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "header_encoding",
+            format!("cannot encode the {what} header"),
+        )
+    };
+    headers.insert(
+        HeaderName::from_static(PRINCIPAL_HEADER),
+        sensitive(signed).map_err(|_| internal("principal"))?,
+    );
+    headers.insert(
+        HeaderName::from_static(TURN_HEADER),
+        HeaderValue::from_str(turn.as_str()).map_err(|_| internal("turn"))?,
+    );
+    headers.insert(
+        HeaderName::from_static("x-request-id"),
+        HeaderValue::from_str(rid.as_str()).map_err(|_| internal("request id"))?,
+    );
+    if !cfg.operations.is_empty() {
+        let grant = CapGrant {
+            turn: &turn,
+            tenant: &principal.tenant,
+            user: &principal.user,
+            ops: &cfg.operations,
+            audience: Some(&cfg.audience),
+        };
+        let minted = st.captoken_minter.mint(&grant, now).map_err(|e| {
+            tracing::error!(error = %e, "cannot mint a CapToken; check AIBOX_CAPTOKEN_KEYS");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "captoken_minting_failed",
+                "the gateway cannot mint the turn's capability token",
+            )
+        })?;
+        headers.insert(
+            HeaderName::from_static(CAPTOKEN_HEADER),
+            sensitive(minted.token).map_err(|_| internal("captoken"))?,
+        );
+    }
+
+    let method = req.method().clone();
+    let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
+    let send = route
+        .client
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .send();
+    let resp = match tokio::time::timeout(cfg.timeouts.first_byte, send).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+                format!("the service behind {} did not answer in time", cfg.prefix),
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(route = %cfg.prefix, error = %e, "downstream request failed");
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unavailable",
+                format!("the service behind {} is unavailable", cfg.prefix),
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let mut out = Response::builder().status(resp.status());
+    if let Some(h) = out.headers_mut() {
+        copy_headers(resp.headers(), h);
+    }
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    out.body(Body::from_stream(stream)).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "upstream_invalid_response",
+            "the downstream response could not be relayed",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_not_copied() {
+        let mut from = HeaderMap::new();
+        from.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        from.insert("x-secret-hop", HeaderValue::from_static("1"));
+        from.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        from.insert("host", HeaderValue::from_static("evil"));
+        from.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut to = HeaderMap::new();
+        copy_headers(&from, &mut to);
+        assert_eq!(to.len(), 1);
+        assert!(to.contains_key("content-type"));
+    }
+}
