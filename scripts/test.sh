@@ -10,8 +10,14 @@ cargo test --workspace
 
 cargo build -p aibox -p fake-upstream
 
-if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c 'import openai, httpx, redis, pytest' 2>/dev/null; then
+# The venv is (re)installed whenever a pinned package is missing.
+if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c 'import openai, httpx, redis, pytest, jwt, cryptography, psycopg' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+fi
+
+# The real OIDC provider (oidc-provider from the npm registry) for identity tests.
+if [ ! -d tests/e2e/oidc/node_modules/oidc-provider ]; then
+  npm ci --prefix tests/e2e/oidc --no-audit --no-fund
 fi
 .venv/bin/pytest -q tests/e2e

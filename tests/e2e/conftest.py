@@ -509,3 +509,16 @@ def cluster(tmp_path: Path):
     finally:
         problems = c.close()
     assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory, request):
+    """Like `cluster`, shared by the tests of one module (for processes that
+    are expensive to start and that the tests do not change); the same
+    SIGTERM exit-0 check runs when the module's last test ends."""
+    c = Cluster(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    try:
+        yield c
+    finally:
+        problems = c.close()
+    assert not problems, "\n\n".join(problems)

@@ -1,6 +1,6 @@
 //! Data-driven tests over every inclusion and consistency vector of
-//! transparency-dev/merkle (Apache-2.0), kept in
-//! `shared/testdata/rfc6962-vectors` beside the repository.
+//! transparency-dev/merkle (Apache-2.0), vendored in `testdata/` (from
+//! `shared/testdata/rfc6962-vectors`) with their licence.
 //!
 //! Each vector is a JSON object with the proof's inputs and `wantErr`. Every
 //! file is parsed with unknown fields refused, so a format change fails
@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testdata/rfc6962-vectors"
+    "/testdata/rfc6962-vectors"
 );
 
 /// Vectors whose reference outcome is success but which this crate refuses
@@ -112,7 +112,7 @@ fn load(kind: &str) -> Result<Groups, String> {
     let root = Path::new(VECTORS);
     if !root.is_dir() {
         return Err(format!(
-            "the vectors are missing at {}; they live in shared/testdata beside the repository",
+            "the vectors are missing at {}; they live in crates/aibox-audit/testdata",
             root.display()
         ));
     }

@@ -9,6 +9,7 @@
 //! credential is never forwarded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aibox_config::RouteConfig;
@@ -85,6 +86,15 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
         }
         to.append(k.clone(), v.clone());
     }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+        "the request body exceeds server.max_body_bytes (AIBOX_MAX_BODY_BYTES)",
+    )
 }
 
 /// Proxies one request to the route whose prefix matches.
@@ -192,7 +202,39 @@ pub(crate) async fn proxy(
     }
 
     let method = req.method().clone();
-    let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
+    // server.max_body_bytes holds here too: refuse a declared length at once,
+    // and cut a chunked body that grows past the limit.
+    let limit = st.config.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let over = Arc::new(AtomicBool::new(false));
+    let body = {
+        let over = over.clone();
+        let mut seen = 0usize;
+        req.into_body().into_data_stream().and_then(move |chunk| {
+            seen = seen.saturating_add(chunk.len());
+            let exceeded = seen > limit;
+            if exceeded {
+                over.store(true, Ordering::Relaxed);
+            }
+            async move {
+                if exceeded {
+                    Err(axum::Error::new(std::io::Error::other(
+                        "request body exceeds server.max_body_bytes",
+                    )))
+                } else {
+                    Ok(chunk)
+                }
+            }
+        })
+    };
+    let body = reqwest::Body::wrap_stream(body);
     let send = route
         .client
         .request(method, url)
@@ -208,6 +250,7 @@ pub(crate) async fn proxy(
                 format!("the service behind {} did not answer in time", cfg.prefix),
             ));
         }
+        Ok(Err(_)) if over.load(Ordering::Relaxed) => return Err(too_large()),
         Ok(Err(e)) => {
             tracing::warn!(route = %cfg.prefix, error = %e, "downstream request failed");
             return Err(ApiError::new(

@@ -27,14 +27,29 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// lowercased, so one comparison covers every spelling, and `remove` drops
 /// every copy.
 pub fn strip_identity_headers(headers: &mut axum::http::HeaderMap, extra: &[HeaderName]) {
+    // CGI and WSGI servers map `X_Aibox_Principal` and `X-Aibox-Principal`
+    // to the same variable, so underscores count as dashes when matching.
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-aibox-") || extra.contains(k))
+        .filter(|k| {
+            let name = k.as_str().as_bytes();
+            name.len() >= 8 && same_header(&name[..8], b"x-aibox-")
+                || extra
+                    .iter()
+                    .any(|e| same_header(name, e.as_str().as_bytes()))
+        })
         .cloned()
         .collect();
     for k in doomed {
         headers.remove(&k);
     }
+}
+
+/// Header names are equal when they differ only in `_` versus `-` (both are
+/// lowercase already).
+fn same_header(a: &[u8], b: &[u8]) -> bool {
+    let norm = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(*x) == norm(*y))
 }
 
 /// The edge middleware.
@@ -141,6 +156,8 @@ mod tests {
         h.append("x-aibox-principal", HeaderValue::from_static("forged2"));
         h.append("X-AIBOX-TENANT", HeaderValue::from_static("acme"));
         h.append("x-request-id", HeaderValue::from_static("keep"));
+        h.append("X_Aibox_Principal", HeaderValue::from_static("forged3"));
+        h.append("x_forwarded_user", HeaderValue::from_static("admin3"));
         h.append("X-Forwarded-User", HeaderValue::from_static("admin"));
         h.append("x-forwarded-user", HeaderValue::from_static("admin2"));
         strip_identity_headers(&mut h, &[HeaderName::from_static("x-forwarded-user")]);

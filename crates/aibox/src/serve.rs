@@ -11,6 +11,7 @@ use aibox_identity::{KeyringKind, load_keyring};
 use aibox_limits::Limiter;
 use aibox_store::Store;
 use anyhow::{Context as _, bail};
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -87,7 +88,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
 /// Refuses configurations that would expose an unauthenticated gateway or
 /// the ops listener to the network.
 fn check_exposure(cfg: &Config, danger: bool) -> anyhow::Result<()> {
-    if !cfg.server.listen.ip().is_loopback() && !danger {
+    if !cfg.auth.enabled && !cfg.server.listen.ip().is_loopback() && !danger {
         bail!(
             "server.listen is {} (not loopback) while auth.enabled is false, so anyone who can reach it would use \
              the gateway unauthenticated; fix: bind 127.0.0.1 (server.listen or AIBOX_LISTEN), or enable auth",
@@ -99,11 +100,6 @@ fn check_exposure(cfg: &Config, danger: bool) -> anyhow::Result<()> {
             "server.ops_listen is {} (not loopback); the ops listener must never be exposed (seed 004 §3); fix: bind \
              127.0.0.1 and reach it through an SSH tunnel",
             cfg.server.ops_listen
-        );
-    }
-    if matches!(cfg.database, DatabaseUrl::Postgres(_)) {
-        bail!(
-            "database.url points to PostgreSQL, which this build does not support yet; fix: use sqlite://PATH or leave database.url unset"
         );
     }
     Ok(())
@@ -165,6 +161,11 @@ async fn serve(cfg: Config, keys: SigningKeys, started: Instant) -> anyhow::Resu
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Without TCP_NODELAY, small SSE events wait for the client's delayed
+    // ACK (Nagle): about 40 ms per event on a reused connection.
+    let main_listener = main_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let main_srv = axum::serve(main_listener, aibox_gateway::main_router(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let ops_srv = axum::serve(ops_listener, aibox_gateway::ops_router(state.clone()))
