@@ -17,10 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/testdata/rfc6962-vectors"
-);
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rfc6962-vectors");
 
 /// Vectors whose reference outcome is success but which this crate refuses
 /// because a hash in them is not 32 bytes long. The reference compares the
