@@ -32,7 +32,12 @@ pub struct Sha256Hex(String);
 impl Sha256Hex {
     /// Hashes `data`.
     pub fn of(data: &[u8]) -> Self {
-        let digest = Sha256::digest(data);
+        Self::from_digest(Sha256::digest(data).into())
+    }
+
+    /// Wraps a digest computed elsewhere (for example incrementally over a
+    /// stream).
+    pub fn from_digest(digest: [u8; 32]) -> Self {
         let mut s = String::with_capacity(64);
         for b in digest {
             s.push(char::from(HEX[usize::from(b >> 4)]));

@@ -7,6 +7,7 @@
 //! `X-Aibox-*` headers, assigns the request id and records metrics.
 //! [`error::ApiError`] is the one place where errors become responses.
 
+mod audit;
 pub mod auth;
 pub mod downstream;
 pub mod edge;
@@ -14,9 +15,11 @@ pub mod error;
 pub mod metrics;
 mod openai;
 mod ops;
+mod turn;
 
 use std::sync::Arc;
 
+use aibox_auditlog::AuditLog;
 use aibox_config::Config;
 use aibox_config::PrincipalAlgorithm;
 use aibox_core::keyring::Keyring;
@@ -41,6 +44,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// Persistence.
     pub store: Store,
+    /// The tamper-evident audit log.
+    pub audit: AuditLog,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Authentication.
@@ -84,6 +89,7 @@ impl AppState {
         router: Arc<ModelRouter>,
         limiter: Arc<Limiter>,
         store: Store,
+        audit: AuditLog,
         keys: &SigningKeys,
     ) -> Result<Self, SetupError> {
         let auth = auth::Authenticator::new(&config.auth, store.clone())?;
@@ -108,6 +114,7 @@ impl AppState {
             router,
             limiter,
             store,
+            audit,
             metrics: Arc::new(Metrics::new()),
             auth: Arc::new(auth),
             principal_signer,
@@ -133,6 +140,11 @@ pub fn main_router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/v1/audit/receipts/{turn_id}", get(audit::receipt))
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/consistency", get(audit::consistency))
+        .route("/v1/audit/keys", get(audit::public_keys))
+        .route("/v1/admin/audit/verify", get(audit::verify))
         .fallback(openai::not_found)
         .method_not_allowed_fallback(openai::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

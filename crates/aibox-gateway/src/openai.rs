@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aibox_core::audit::Usage;
+use aibox_core::audit::{Sha256Hex, TurnStatus};
 use aibox_core::{Principal, RequestId};
-use aibox_router::{Endpoint, Routed, Router as ModelRouter, StreamEnd, StreamSummary};
+use aibox_router::{Endpoint, Gate, Routed, Router as ModelRouter, StreamEnd, StreamSummary};
 use aibox_store::UsageRecord;
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, FromRequest, Request, State};
@@ -13,8 +14,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+use crate::downstream::TURN_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{ScopeLabels, TokenLabels, UpstreamLabels};
+use crate::turn::TurnLog;
 
 /// A JSON request body: the content type is checked before the body is read,
 /// and the size limit is reported as an OpenAI error.
@@ -191,22 +194,65 @@ async fn proxy(
         return Err(denied.into());
     }
 
-    let on_end = {
+    let turn = TurnLog::start(&principal, &rid, endpoint.route(), Some(&info.model), &body);
+    let turn_id = turn.turn().clone();
+    let result = run_turn(&st, endpoint, &rid, &principal, map, &info, turn).await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(turn_id.as_str()) {
+        resp.headers_mut().insert(TURN_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// Appends a finished turn; a failure is the client's 503, never a silent
+/// loss.
+async fn record(st: &AppState, turn: TurnLog, status: TurnStatus) -> Result<(), ApiError> {
+    let (tenant, turn_id, events) = turn.end(status);
+    st.audit.append_turn(&tenant, Some(turn_id), events).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "cannot append the turn to the audit log; failing the request closed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "audit_unavailable",
+            "the answer could not be recorded in the audit log, so it is withheld; retry later",
+        )
+    })
+}
+
+/// What the stream callback needs to finish the turn.
+type StreamTurn = (TurnLog, String, String, u32);
+
+async fn run_turn(
+    st: &Arc<AppState>,
+    endpoint: Endpoint,
+    rid: &RequestId,
+    principal: &Principal,
+    map: serde_json::Map<String, serde_json::Value>,
+    info: &aibox_router::RequestInfo,
+    mut turn: TurnLog,
+) -> Result<Response, ApiError> {
+    // The stream's turn is finished by the relay's callback, which needs the
+    // turn log; the slot hands it over once a stream has started.
+    let stream_turn: Arc<std::sync::Mutex<Option<StreamTurn>>> =
+        Arc::new(std::sync::Mutex::new(None));
+    let on_end: aibox_router::OnEnd = {
         let st = st.clone();
         let principal = principal.clone();
         let model = info.model.clone();
         let rid = rid.clone();
-        let upstream_slot: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
-        let slot = upstream_slot.clone();
+        let slot = stream_turn.clone();
         // The guard lives in the callback, which the router drops when no
         // stream starts, the relay drops when a stream ends, and a cancelled
         // handler drops with the router future: every path decrements once.
         let inflight = Inflight::enter(&st.metrics.inflight);
-        let cb = Box::new(move |summary: StreamSummary| {
+        Box::new(move |summary: StreamSummary| -> Option<Gate> {
             let _inflight = inflight;
-            let upstream = slot.get().cloned().unwrap_or_default();
-            match &summary.end {
-                StreamEnd::Completed => {}
+            let (mut turn, upstream, upstream_model, attempt) = slot.lock().ok()?.take()?;
+            let status = match &summary.end {
+                StreamEnd::Completed => TurnStatus::Ok,
                 StreamEnd::UpstreamFailed(reason) => {
                     st.metrics
                         .upstream_errors
@@ -215,19 +261,40 @@ async fn proxy(
                         })
                         .inc();
                     tracing::warn!(request_id = %rid, upstream = %upstream, reason = %reason, "stream ended with an upstream error");
+                    TurnStatus::Error {
+                        code: "upstream_stream_error".into(),
+                    }
                 }
                 StreamEnd::ClientGone => {
                     tracing::info!(request_id = %rid, upstream = %upstream, "client went away; upstream request cancelled");
+                    TurnStatus::ClientGone
                 }
-            }
+            };
             if let Some(u) = summary.usage {
                 account(&st, &principal, &model, &upstream, &rid, u);
             }
-        });
-        (cb, upstream_slot)
+            turn.answer(
+                &upstream,
+                &upstream_model,
+                200,
+                attempt,
+                Sha256Hex::from_digest(summary.sha256),
+                summary.usage,
+            );
+            let completed = matches!(summary.end, StreamEnd::Completed);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let st2 = st.clone();
+            let task = async move {
+                let r = record(&st2, turn, status).await.map_err(|e| e.to_string());
+                let _ = tx.send(r);
+            };
+            // The callback can run from a drop outside a task; without a
+            // runtime there is nothing to record with, and the gate fails.
+            tokio::runtime::Handle::try_current().ok()?.spawn(task);
+            completed.then_some(rx)
+        })
     };
-    let (cb, upstream_slot) = on_end;
-    let routed = st.router.forward(endpoint, map, &info, &rid, cb).await;
+    let routed = st.router.forward(endpoint, map, info, rid, on_end).await;
     match routed {
         Err(e) => {
             if let aibox_router::RouterError::Unavailable { attempts } = &e {
@@ -239,23 +306,52 @@ async fn proxy(
                         })
                         .inc();
                 }
+                turn.failures(attempts);
             }
-            Err(e.into())
+            let err: ApiError = e.into();
+            record(
+                st,
+                turn,
+                TurnStatus::Error {
+                    code: err.code().to_owned(),
+                },
+            )
+            .await?;
+            Err(err)
         }
         Ok(Routed::Complete {
             status,
             body,
             usage,
             upstream,
-            ..
+            upstream_model,
+            attempt,
+            failures,
         }) => {
             if let Some(u) = usage {
-                account(&st, &principal, &info.model, &upstream, &rid, u);
+                account(st, principal, &info.model, &upstream, rid, u);
             }
+            turn.failures(&failures);
+            turn.answer(
+                &upstream,
+                &upstream_model,
+                status.as_u16(),
+                attempt,
+                Sha256Hex::of(&body),
+                usage,
+            );
             if status.is_success() || is_openai_error(&body) {
+                let outcome = if status.is_success() {
+                    TurnStatus::Ok
+                } else {
+                    TurnStatus::Error {
+                        code: "upstream_error".into(),
+                    }
+                };
+                record(st, turn, outcome).await?;
                 Ok(json_response(status, body))
             } else {
-                Err(ApiError::new(
+                let err = ApiError::new(
                     status,
                     "upstream_error",
                     "upstream_error",
@@ -263,13 +359,29 @@ async fn proxy(
                         "upstream '{upstream}' answered HTTP {} without an OpenAI error object",
                         status.as_u16()
                     ),
-                ))
+                );
+                record(
+                    st,
+                    turn,
+                    TurnStatus::Error {
+                        code: "upstream_error".into(),
+                    },
+                )
+                .await?;
+                Err(err)
             }
         }
         Ok(Routed::Stream {
-            relay, upstream, ..
+            relay,
+            upstream,
+            upstream_model,
+            attempt,
+            failures,
         }) => {
-            let _ = upstream_slot.set(upstream);
+            turn.failures(&failures);
+            if let Ok(mut slot) = stream_turn.lock() {
+                *slot = Some((turn, upstream, upstream_model, attempt));
+            }
             let mut r = Response::new(Body::from_stream(relay));
             let h = r.headers_mut();
             h.insert(

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 pub use catalog::ModelInfo;
 pub use error::{AttemptFailure, RouterError};
-pub use sse::{OnEnd, Relay, StreamEnd, StreamSummary};
+pub use sse::{Gate, OnEnd, Relay, StreamEnd, StreamSummary};
 
 /// The OpenAI endpoints the router serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,17 +99,26 @@ pub enum Routed {
         usage: Option<Usage>,
         /// The upstream that answered.
         upstream: String,
+        /// The model name sent to it.
+        upstream_model: String,
         /// 1-based attempt number.
         attempt: u32,
+        /// Earlier targets that failed (fallbacks taken).
+        failures: Vec<AttemptFailure>,
     },
     /// A server-sent event stream.
     Stream {
-        /// The relay to send as the response body.
-        relay: Relay,
+        /// The relay to send as the response body (boxed: it is large, and
+        /// moved once per stream).
+        relay: Box<Relay>,
         /// The upstream that answered.
         upstream: String,
+        /// The model name sent to it.
+        upstream_model: String,
         /// 1-based attempt number.
         attempt: u32,
+        /// Earlier targets that failed (fallbacks taken).
+        failures: Vec<AttemptFailure>,
     },
 }
 
@@ -298,7 +307,9 @@ impl Router {
                         body,
                         usage,
                         upstream: up.name.clone(),
+                        upstream_model: upstream_model.clone(),
                         attempt,
+                        failures,
                     });
                 }
                 Ok(Answer::Stream { response, deadline }) => {
@@ -311,9 +322,11 @@ impl Router {
                         hide_usage_event,
                     );
                     return Ok(Routed::Stream {
-                        relay,
+                        relay: Box::new(relay),
                         upstream: up.name.clone(),
+                        upstream_model: upstream_model.clone(),
                         attempt,
+                        failures,
                     });
                 }
                 Err(Attempt::Retryable(f)) => {

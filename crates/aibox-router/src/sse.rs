@@ -134,12 +134,21 @@ pub struct StreamSummary {
     pub end: StreamEnd,
     /// The usage of the final chunk, if the upstream sent one.
     pub usage: Option<Usage>,
-    /// Bytes forwarded.
+    /// Bytes received from the upstream.
     pub bytes: u64,
+    /// SHA-256 over every byte received from the upstream.
+    pub sha256: [u8; 32],
 }
 
-/// The callback that receives the summary.
-pub type OnEnd = Box<dyn FnOnce(StreamSummary) + Send>;
+/// Holds back the end of a completed stream until it resolves: `Ok` lets
+/// the final chunk (with `[DONE]`) through, `Err` replaces it with an error
+/// event. This is how "the answer is complete only once it is recorded"
+/// reaches streams: the audit log resolves the gate after its commit.
+pub type Gate = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// The callback that receives the summary. For a completed stream it may
+/// return a [`Gate`]; for other endings the gate is ignored.
+pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Option<Gate> + Send>;
 
 /// Forwards an upstream SSE body with idle and total timeouts.
 pub struct Relay {
@@ -152,6 +161,9 @@ pub struct Relay {
     on_end: Option<OnEnd>,
     end: Option<StreamEnd>,
     filter: Option<UsageEventFilter>,
+    hasher: Sha256,
+    held: Option<Bytes>,
+    gate: Option<Gate>,
 }
 
 /// Removes the usage-only chunk from a stream whose client did not ask for
@@ -240,17 +252,26 @@ impl Relay {
             on_end: Some(on_end),
             end: None,
             filter: hide_usage_event.then(UsageEventFilter::default),
+            hasher: Sha256::new(),
+            held: None,
+            gate: None,
+        }
+    }
+
+    fn summary(&self, end: StreamEnd) -> StreamSummary {
+        StreamSummary {
+            end,
+            usage: self.scanner.usage(),
+            bytes: self.bytes,
+            sha256: self.hasher.clone().finalize().into(),
         }
     }
 
     fn finish(&mut self, end: StreamEnd) {
         self.inner = None;
         if let Some(cb) = self.on_end.take() {
-            cb(StreamSummary {
-                end,
-                usage: self.scanner.usage(),
-                bytes: self.bytes,
-            });
+            // Only a completed stream waits for its gate; here it is moot.
+            let _ = cb(self.summary(end));
         }
     }
 
@@ -274,6 +295,27 @@ impl Stream for Relay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(gate) = this.gate.as_mut() {
+            let verdict = match Pin::new(gate).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(v)) => v,
+                Poll::Ready(Err(_)) => Err("the recorder went away".to_owned()),
+            };
+            this.gate = None;
+            this.inner = None;
+            this.end = Some(StreamEnd::Completed);
+            let held = this.held.take().unwrap_or_default();
+            return match verdict {
+                Ok(()) => Poll::Ready(Some(Ok(held))),
+                Err(reason) => {
+                    tracing::error!(reason = %reason, "a completed stream could not be recorded; ending it with an error");
+                    Poll::Ready(Some(Ok(error_event(
+                        "the answer could not be recorded in the audit log, so it is void; retry later",
+                        "audit_unavailable",
+                    ))))
+                }
+            };
+        }
         let Some(inner) = this.inner.as_mut() else {
             // The error event (if any) was yielded; now report and end.
             let end = this.end.take().unwrap_or(StreamEnd::Completed);
@@ -283,6 +325,7 @@ impl Stream for Relay {
         match inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.scanner.feed(&chunk);
+                this.hasher.update(&chunk);
                 this.bytes += chunk.len() as u64;
                 let next = (Instant::now() + this.idle).min(this.deadline);
                 this.timer.as_mut().reset(next);
@@ -290,6 +333,16 @@ impl Stream for Relay {
                     Some(f) => f.push(&chunk),
                     None => chunk,
                 };
+                if this.scanner.done()
+                    && let Some(cb) = this.on_end.take()
+                    && let Some(gate) = cb(this.summary(StreamEnd::Completed))
+                {
+                    // Hold the final chunk until the gate opens.
+                    this.held = Some(out);
+                    this.gate = Some(gate);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 if out.is_empty() {
                     // Everything was held back or filtered; poll again so
                     // the waker is registered with the upstream.
@@ -356,6 +409,8 @@ impl Drop for Relay {
 }
 
 use std::future::Future as _;
+
+use sha2::{Digest as _, Sha256};
 
 #[cfg(test)]
 mod tests {

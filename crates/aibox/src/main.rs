@@ -3,6 +3,7 @@
 //! libraries; errors here are `anyhow` with the library error as the cause.
 
 mod apikey;
+mod audit;
 mod devkeys;
 mod envfile;
 mod keys;
@@ -43,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Verify, export and check the tamper-evident audit log.
+    Audit {
+        /// The config file (for database.url and server.data_dir).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Work with signed `X-Aibox-Principal` headers.
     Principal {
         #[command(subcommand)]
@@ -77,6 +86,54 @@ enum ApikeyCommand {
     Revoke {
         /// The key id (the 16 hex digits after `aibox_`).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute a tenant's chain, envelopes, tree and checkpoints.
+    Verify {
+        /// The tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Write a tenant's bundle (rows, envelopes, checkpoints, public keys).
+    Export {
+        /// The tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a tenant's verifier keys (every version), for third parties.
+    Keys {
+        /// The tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Check files offline, with only public keys.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+    /// Check an exported bundle offline, with only public keys.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// The trusted verifier keys (one per line, or the JSON of `aibox audit keys`).
+        #[arg(long)]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Verify a receipt (`GET /v1/audit/receipts/{turn}`) offline.
+    Verify {
+        /// The receipt file.
+        file: PathBuf,
+        /// The trusted verifier keys (one per line, or the JSON of `aibox audit keys`).
+        #[arg(long)]
+        keys: PathBuf,
     },
 }
 
@@ -133,6 +190,7 @@ fn main() -> ExitCode {
                 keys::check_env_file(&env_file).and_then(|()| keys::rotate(which, &env_file))
             }
         },
+        Command::Audit { config, command } => audit_command(config, command),
         Command::Principal {
             command:
                 PrincipalCommand::Verify {
@@ -175,6 +233,49 @@ fn apikey_command(config: Option<PathBuf>, command: ApikeyCommand) -> anyhow::Re
             } => apikey::create(&cfg, &tenant, &user, &roles, expires.as_deref()).await,
             ApikeyCommand::List { tenant } => apikey::list(&cfg, tenant.as_deref()).await,
             ApikeyCommand::Revoke { id } => apikey::revoke(&cfg, &id).await,
+        }
+    })
+}
+
+fn audit_command(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Receipt(ReceiptCommand::Verify { file, keys }) => {
+            return audit::verify_receipt_file(&file, &keys);
+        }
+        AuditCommand::VerifyBundle { file, keys } => {
+            return audit::verify_bundle_file(&file, &keys);
+        }
+        _ => {}
+    }
+    let mut env = environment()?;
+    let cfg = aibox_config::load(config.as_deref(), &env)?;
+    // The same keys `aibox serve` uses, including development keys.
+    devkeys::ensure(&cfg.server.data_dir, &mut env)?;
+    let key = aibox_core::Secret::new(
+        env.get(aibox_config::env::AUDIT_SIGNING_KEY)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let log = audit::open(&cfg, &key).await?;
+        match command {
+            AuditCommand::Verify { tenant } => audit::verify(&log, &tenant).await,
+            AuditCommand::Export { tenant, out } => {
+                audit::export(&log, &tenant, out.as_deref()).await
+            }
+            AuditCommand::Keys { tenant } => {
+                let t = aibox_core::TenantId::new(tenant)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&log.public_keys(&t).await?)?
+                );
+                Ok(())
+            }
+            AuditCommand::Receipt(_) | AuditCommand::VerifyBundle { .. } => Ok(()),
         }
     })
 }

@@ -64,7 +64,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map(String::as_str),
         )?,
     };
-    runtime.block_on(serve(cfg, keys, started))
+    let audit_key = aibox_core::Secret::new(
+        env.get(aibox_config::env::AUDIT_SIGNING_KEY)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    runtime.block_on(serve(cfg, keys, audit_key, started))
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -123,7 +128,12 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}; fix: free the port or change {key}"))
 }
 
-async fn serve(cfg: Config, keys: SigningKeys, started: Instant) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    keys: SigningKeys,
+    audit_key: aibox_core::Secret,
+    started: Instant,
+) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let store = match &cfg.database {
         DatabaseUrl::Sqlite(path) => {
@@ -139,11 +149,18 @@ async fn serve(cfg: Config, keys: SigningKeys, started: Instant) -> anyhow::Resu
         None => Limiter::in_memory(cfg.limits.clone()),
     };
     let router = aibox_router::Router::new(&cfg)?;
+    let audit = crate::audit::open(&cfg, &audit_key).await?;
+    tracing::info!(
+        backend = audit.backend(),
+        key_version = audit.key_version(),
+        "audit log open"
+    );
     let state = Arc::new(AppState::new(
         cfg.clone(),
         router,
         Arc::new(limiter),
         store.clone(),
+        audit,
         &keys,
     )?);
     state.auth.preload().await;

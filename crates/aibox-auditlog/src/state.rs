@@ -1,0 +1,902 @@
+//! The backend-independent core of the log: preparing a turn on the
+//! caller's task, sealing a batch of turns inside one transaction (the
+//! group commit), the in-memory per-tenant heads and trees, and the read
+//! paths (receipts, proofs, keys) over a small set of storage queries.
+//!
+//! Storage is reached through two traits, [`WriteTx`] and [`ReadOps`], with
+//! async methods: PostgreSQL awaits the network, SQLite returns ready
+//! futures that [`crate::verify::run_ready`] completes on its own thread.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use aibox_audit::NoteVerifier;
+use aibox_audit::checkpoint::{Checkpoint, origin_for_tenant};
+use aibox_audit::envelope::{Envelope, GENESIS_PREVIOUS};
+use aibox_audit::keys::{AuditKeyMaterial, ENVELOPE_KEY_SUFFIX, TenantKeys};
+use aibox_audit::merkle::{self, Hash, Tree};
+use aibox_core::audit::AuditEvent;
+use aibox_core::{TenantId, TurnId};
+use tokio::sync::oneshot;
+
+use crate::error::AuditLogError;
+use crate::format::{
+    self, ConsistencyProof, GENESIS_ROW_HASH, PublicKeyRecord, RECEIPT_FORMAT, Receipt, TurnRecord,
+};
+use crate::verify::{KeySet, note_text};
+
+/// The most events one transaction seals; more queued turns wait for the
+/// next transaction, which keeps a transaction's memory and latency bounded.
+pub(crate) const MAX_BATCH_EVENTS: usize = 8192;
+
+/// The head of a tenant's log: where the next row and envelope attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub last_seq: u64,
+    pub last_row_hash: Hash,
+    pub tree_size: u64,
+    pub last_envelope_hash: Hash,
+}
+
+impl Head {
+    pub(crate) fn genesis() -> Self {
+        Self {
+            last_seq: 0,
+            last_row_hash: GENESIS_ROW_HASH,
+            tree_size: 0,
+            last_envelope_hash: GENESIS_PREVIOUS,
+        }
+    }
+}
+
+/// A turn encoded and hashed on the caller's task, so that the writer only
+/// chains, signs and stores.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub tenant: TenantId,
+    pub turn: Option<TurnId>,
+    pub events: Vec<String>,
+    pub leaves: Vec<Hash>,
+    pub events_root: Hash,
+}
+
+/// Checks and encodes the events of one turn.
+pub(crate) fn prepare(
+    tenant: &TenantId,
+    turn: Option<TurnId>,
+    events: Vec<AuditEvent>,
+) -> Result<Prepared, AuditLogError> {
+    use aibox_audit::EnvelopeError;
+    if events.is_empty() {
+        return Err(AuditLogError::Events(EnvelopeError::NoEvents));
+    }
+    let mut prefix = Vec::new();
+    format::event_prefix(
+        tenant.as_str(),
+        turn.as_ref().map(TurnId::as_str),
+        &mut prefix,
+    );
+    let mut encoded = Vec::with_capacity(events.len());
+    let mut leaves = Vec::with_capacity(events.len());
+    for (index, e) in events.iter().enumerate() {
+        if &e.tenant != tenant {
+            return Err(AuditLogError::Events(EnvelopeError::TenantMismatch {
+                index,
+            }));
+        }
+        if e.turn != turn {
+            return Err(AuditLogError::Events(EnvelopeError::TurnMismatch { index }));
+        }
+        let bytes = e.canonical_bytes().map_err(|err| AuditLogError::Encoding {
+            index,
+            cause: err.to_string(),
+        })?;
+        // The verifier checks membership by this prefix; refusing here an
+        // encoding it would reject keeps a format change from writing rows
+        // that can never verify.
+        if !bytes.starts_with(&prefix) {
+            return Err(AuditLogError::Encoding {
+                index,
+                cause: "the canonical encoding does not start with the tenant and turn".into(),
+            });
+        }
+        leaves.push(merkle::leaf_hash(&bytes));
+        let text = String::from_utf8(bytes).map_err(|err| AuditLogError::Encoding {
+            index,
+            cause: err.to_string(),
+        })?;
+        encoded.push(text);
+    }
+    Ok(Prepared {
+        tenant: tenant.clone(),
+        turn,
+        events_root: merkle::root(&leaves),
+        events: encoded,
+        leaves,
+    })
+}
+
+/// A queued `append_turn`.
+pub(crate) struct Request {
+    pub prepared: Prepared,
+    pub reply: oneshot::Sender<Result<TurnRecord, AuditLogError>>,
+}
+
+/// The key material and origin prefix shared by the writer and readers.
+#[derive(Debug, Clone)]
+pub(crate) struct Signing {
+    pub material: AuditKeyMaterial,
+    pub prefix: String,
+}
+
+impl Signing {
+    pub(crate) fn origin(&self, tenant: &str) -> Result<String, AuditLogError> {
+        let t = TenantId::new(tenant).map_err(|e| AuditLogError::Corrupt {
+            tenant: "(invalid)".into(),
+            detail: e.to_string(),
+        })?;
+        origin_for_tenant(&self.prefix, &t).map_err(AuditLogError::Origin)
+    }
+
+    pub(crate) fn tenant_keys(&self, tenant: &str) -> Result<TenantKeys, AuditLogError> {
+        Ok(self.material.tenant_keys(&self.origin(tenant)?)?)
+    }
+
+    pub(crate) fn version(&self) -> u32 {
+        self.material.version()
+    }
+
+    /// The current version's verifier keys for `tenant`.
+    pub(crate) fn current_record(&self, tenant: &str) -> Result<PublicKeyRecord, AuditLogError> {
+        let (checkpoint_key, envelope_key) = self.tenant_keys(tenant)?.verifier_keys();
+        Ok(PublicKeyRecord {
+            version: self.version(),
+            checkpoint_key,
+            envelope_key,
+        })
+    }
+}
+
+/// What the writer knows about one tenant.
+struct TenantState {
+    origin: String,
+    keys: TenantKeys,
+    keys_recorded: bool,
+    tree: Tree,
+    head: Head,
+}
+
+/// One row to insert.
+#[derive(Debug)]
+pub(crate) struct RowIns {
+    pub tenant: String,
+    pub seq: u64,
+    pub turn: Option<String>,
+    pub event: String,
+    pub prev: Hash,
+    pub hash: Hash,
+}
+
+/// One envelope to insert.
+#[derive(Debug)]
+pub(crate) struct EnvIns {
+    pub tenant: String,
+    pub leaf_index: u64,
+    pub turn: Option<String>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub key_version: u32,
+    pub leaf_hash: Hash,
+    pub note: String,
+}
+
+/// One checkpoint to insert.
+#[derive(Debug)]
+pub(crate) struct CpIns {
+    pub tenant: String,
+    pub size: u64,
+    pub key_version: u32,
+    pub root: Hash,
+    pub note: String,
+}
+
+/// Everything one transaction writes.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub rows: Vec<RowIns>,
+    pub envelopes: Vec<EnvIns>,
+    pub checkpoints: Vec<CpIns>,
+    pub heads: Vec<(String, Head)>,
+    pub now_ms: i64,
+}
+
+/// The storage side of one write transaction.
+pub(crate) trait WriteTx {
+    /// Creates the tenant's head row if missing and returns it, locked
+    /// until the transaction ends.
+    async fn lock_head(&mut self, tenant: &str) -> Result<Head, AuditLogError>;
+    /// The stored envelope leaf hashes of `[from, to)`, in order.
+    async fn leaf_hashes(
+        &mut self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Hash>, AuditLogError>;
+    /// Which of `turns` already have an envelope.
+    async fn sealed_turns(&mut self, turns: &[String]) -> Result<HashSet<String>, AuditLogError>;
+    /// Records the tenant's verifier keys of a version unless present, and
+    /// returns what is recorded afterwards.
+    async fn record_keys(
+        &mut self,
+        tenant: &str,
+        rec: &PublicKeyRecord,
+        now_ms: i64,
+    ) -> Result<PublicKeyRecord, AuditLogError>;
+    /// Writes the plan.
+    async fn write(&mut self, plan: &Plan) -> Result<(), AuditLogError>;
+}
+
+/// The outcome of staging a batch: one result per request, in order.
+pub(crate) struct Staged {
+    pub outcomes: Vec<Result<TurnRecord, AuditLogError>>,
+    tenants: Vec<String>,
+}
+
+/// The writer's per-tenant state: heads and trees of what was committed,
+/// reloaded from the database whenever another process advanced a tenant.
+pub(crate) struct Writer {
+    signing: Signing,
+    tenants: HashMap<String, TenantState>,
+}
+
+impl Writer {
+    pub(crate) fn new(signing: Signing) -> Self {
+        Self {
+            signing,
+            tenants: HashMap::new(),
+        }
+    }
+
+    /// Brings the cached state of `tenant` in line with the locked head.
+    async fn reconcile<T: WriteTx>(
+        &mut self,
+        tx: &mut T,
+        tenant: &str,
+        head: Head,
+    ) -> Result<(), AuditLogError> {
+        let corrupt = |detail: String| AuditLogError::Corrupt {
+            tenant: tenant.to_owned(),
+            detail,
+        };
+        match self.tenants.get_mut(tenant) {
+            Some(st) if st.head == head => {}
+            Some(st) => {
+                let had = st.tree.size();
+                if head.tree_size < had || head.last_seq < st.head.last_seq {
+                    // Keep the state: this process keeps refusing to append
+                    // on top of a log that lost what it committed.
+                    return Err(AuditLogError::WentBackwards {
+                        tenant: tenant.to_owned(),
+                        had,
+                        now: head.tree_size,
+                    });
+                }
+                if head.tree_size == had {
+                    return Err(corrupt("the head changed without new envelopes".to_owned()));
+                }
+                // Another process appended: extend the tree by what it wrote.
+                let leaves = tx.leaf_hashes(tenant, had, head.tree_size).await?;
+                if leaves.len() as u64 != head.tree_size - had {
+                    return Err(corrupt(format!(
+                        "the head records {} envelopes but only {} are stored",
+                        head.tree_size,
+                        had + leaves.len() as u64
+                    )));
+                }
+                for l in leaves {
+                    st.tree.push_leaf_hash(l);
+                }
+                if st.tree.leaf_hash(head.tree_size - 1) != Some(head.last_envelope_hash) {
+                    self.tenants.remove(tenant);
+                    return Err(corrupt(
+                        "the last envelope differs from the head's".to_owned(),
+                    ));
+                }
+                st.head = head;
+            }
+            None => {
+                let leaves = tx.leaf_hashes(tenant, 0, head.tree_size).await?;
+                let tree = Tree::from_leaf_hashes(leaves);
+                if tree.size() != head.tree_size {
+                    return Err(corrupt(format!(
+                        "the head records {} envelopes but {} are stored",
+                        head.tree_size,
+                        tree.size()
+                    )));
+                }
+                let last = tree
+                    .size()
+                    .checked_sub(1)
+                    .and_then(|i| tree.leaf_hash(i))
+                    .unwrap_or(GENESIS_PREVIOUS);
+                if last != head.last_envelope_hash {
+                    return Err(corrupt(
+                        "the last envelope differs from the head's".to_owned(),
+                    ));
+                }
+                let origin = self.signing.origin(tenant)?;
+                let keys = self.signing.material.tenant_keys(&origin)?;
+                self.tenants.insert(
+                    tenant.to_owned(),
+                    TenantState {
+                        origin,
+                        keys,
+                        keys_recorded: false,
+                        tree,
+                        head,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals `batch` inside the caller's open transaction. Requests refused
+    /// for their own reasons (a turn sealed before, a tenant whose log went
+    /// backwards) get their error; an `Err` means the transaction must be
+    /// rolled back and every request fails.
+    pub(crate) async fn stage<T: WriteTx>(
+        &mut self,
+        tx: &mut T,
+        batch: Vec<Prepared>,
+        now_ms: u64,
+    ) -> Result<Staged, AuditLogError> {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let mut outcomes: Vec<Option<Result<TurnRecord, AuditLogError>>> =
+            batch.iter().map(|_| None).collect();
+
+        // Lock heads in one global order, so that two processes sealing
+        // overlapping sets of tenants cannot deadlock.
+        let mut tenants: Vec<String> = batch.iter().map(|p| p.tenant.as_str().to_owned()).collect();
+        tenants.sort();
+        tenants.dedup();
+        let mut refused: HashMap<String, AuditLogError> = HashMap::new();
+        for t in &tenants {
+            let head = tx.lock_head(t).await?;
+            match self.reconcile(tx, t, head).await {
+                Ok(()) => {}
+                Err(e @ (AuditLogError::Db(_) | AuditLogError::Closed)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(tenant = %t, error = %e, "audit append refused");
+                    refused.insert(t.clone(), e);
+                }
+            }
+        }
+
+        // A turn is sealed once: refuse repeats, in storage and in the batch.
+        let turns: Vec<String> = batch
+            .iter()
+            .filter_map(|p| p.turn.as_ref().map(|t| t.as_str().to_owned()))
+            .collect();
+        let mut sealed = if turns.is_empty() {
+            HashSet::new()
+        } else {
+            tx.sealed_turns(&turns).await?
+        };
+        for (i, p) in batch.iter().enumerate() {
+            if let Some(e) = refused.get(p.tenant.as_str()) {
+                outcomes[i] = Some(Err(e.clone()));
+            } else if let Some(turn) = &p.turn
+                && !sealed.insert(turn.as_str().to_owned())
+            {
+                outcomes[i] = Some(Err(AuditLogError::TurnAlreadySealed {
+                    turn: turn.as_str().to_owned(),
+                }));
+            }
+        }
+
+        // The first envelope a process signs for a tenant records the
+        // tenant's verifier keys of the current version in the same
+        // transaction, so no signature is ever stored without its key.
+        let version = self.signing.version();
+        for t in &tenants {
+            let Some(st) = self.tenants.get(t.as_str()) else {
+                continue;
+            };
+            if st.keys_recorded || refused.contains_key(t) {
+                continue;
+            }
+            let (checkpoint_key, envelope_key) = st.keys.verifier_keys();
+            let want = PublicKeyRecord {
+                version,
+                checkpoint_key,
+                envelope_key,
+            };
+            let got = tx.record_keys(t, &want, now).await?;
+            if got != want {
+                return Err(AuditLogError::KeyMismatch {
+                    tenant: t.clone(),
+                    version,
+                });
+            }
+        }
+
+        let mut plan = Plan {
+            now_ms: now,
+            ..Plan::default()
+        };
+        let mut touched: Vec<String> = Vec::new();
+        for (i, p) in batch.into_iter().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
+            }
+            let tenant = p.tenant.as_str().to_owned();
+            let Some(st) = self.tenants.get_mut(&tenant) else {
+                outcomes[i] = Some(Err(AuditLogError::Closed));
+                continue;
+            };
+            match seal(st, &mut plan, p, now_ms, version) {
+                Ok(rec) => outcomes[i] = Some(Ok(rec)),
+                Err(e) => return Err(e),
+            }
+            if !touched.contains(&tenant) {
+                touched.push(tenant);
+            }
+        }
+
+        // One signed checkpoint per tenant per transaction: the head after
+        // all of this batch's turns.
+        let mut checkpoints: HashMap<String, (u64, String)> = HashMap::new();
+        for t in &touched {
+            let Some(st) = self.tenants.get(t.as_str()) else {
+                continue;
+            };
+            let size = st.tree.size();
+            let root = st.tree.root();
+            let signed = Checkpoint::new(&st.origin, size, root)
+                .and_then(|c| c.sign(&st.keys.checkpoint))
+                .map_err(|e| AuditLogError::Corrupt {
+                    tenant: t.clone(),
+                    detail: e.to_string(),
+                })?;
+            plan.checkpoints.push(CpIns {
+                tenant: t.clone(),
+                size,
+                key_version: version,
+                root,
+                note: signed.clone(),
+            });
+            plan.heads.push((t.clone(), st.head.clone()));
+            checkpoints.insert(t.clone(), (size, signed));
+        }
+        let outcomes: Vec<Result<TurnRecord, AuditLogError>> = outcomes
+            .into_iter()
+            .map(|o| {
+                let mut r = o.unwrap_or(Err(AuditLogError::Closed))?;
+                if let Some((size, note)) = checkpoints.get(r.tenant.as_str()) {
+                    r.tree_size = *size;
+                    r.checkpoint.clone_from(note);
+                }
+                Ok(r)
+            })
+            .collect();
+        tx.write(&plan).await?;
+        Ok(Staged { outcomes, tenants })
+    }
+
+    /// After the commit: the keys of the touched tenants are recorded.
+    pub(crate) fn committed(&mut self, staged: &Staged) {
+        for t in &staged.tenants {
+            if let Some(st) = self.tenants.get_mut(t.as_str()) {
+                st.keys_recorded = true;
+            }
+        }
+    }
+
+    /// After a failed transaction: forget what it changed in memory; the
+    /// next batch reloads those tenants from the database.
+    pub(crate) fn rolled_back(&mut self, tenants: &[String]) {
+        for t in tenants {
+            self.tenants.remove(t.as_str());
+        }
+    }
+}
+
+/// The tenants of a batch, for [`Writer::rolled_back`].
+pub(crate) fn batch_tenants(batch: &[Prepared]) -> Vec<String> {
+    let mut t: Vec<String> = batch.iter().map(|p| p.tenant.as_str().to_owned()).collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+/// Chains, seals and signs one turn on top of `st`, adding its rows and
+/// envelope to `plan`.
+fn seal(
+    st: &mut TenantState,
+    plan: &mut Plan,
+    p: Prepared,
+    now_ms: u64,
+    version: u32,
+) -> Result<TurnRecord, AuditLogError> {
+    let tenant = p.tenant.as_str();
+    let first_seq = st.head.last_seq + 1;
+    let count = p.events.len() as u64;
+    let mut prev = st.head.last_row_hash;
+    for (i, (event, leaf)) in p.events.into_iter().zip(&p.leaves).enumerate() {
+        let seq = first_seq + i as u64;
+        let hash = format::row_hash(tenant, seq, &prev, leaf);
+        plan.rows.push(RowIns {
+            tenant: tenant.to_owned(),
+            seq,
+            turn: p.turn.as_ref().map(|t| t.as_str().to_owned()),
+            event,
+            prev,
+            hash,
+        });
+        prev = hash;
+    }
+    let env = Envelope {
+        tenant: p.tenant.clone(),
+        turn: p.turn.clone(),
+        first_seq,
+        last_seq: first_seq + count - 1,
+        event_count: count,
+        events_root: p.events_root,
+        previous: st.head.last_envelope_hash,
+        sealed_at_ms: now_ms,
+    };
+    let signed = env.sign(&st.keys.envelope).map_err(AuditLogError::Events)?;
+    let leaf = env.leaf_hash();
+    let leaf_index = st.tree.push_leaf_hash(leaf);
+    st.head = Head {
+        last_seq: env.last_seq,
+        last_row_hash: prev,
+        tree_size: st.tree.size(),
+        last_envelope_hash: leaf,
+    };
+    plan.envelopes.push(EnvIns {
+        tenant: tenant.to_owned(),
+        leaf_index,
+        turn: p.turn.as_ref().map(|t| t.as_str().to_owned()),
+        first_seq,
+        last_seq: env.last_seq,
+        key_version: version,
+        leaf_hash: leaf,
+        note: signed.clone(),
+    });
+    Ok(TurnRecord {
+        tenant: p.tenant,
+        turn: p.turn,
+        first_seq,
+        last_seq: env.last_seq,
+        leaf_index,
+        envelope: signed,
+        key_version: version,
+        tree_size: 0,
+        checkpoint: String::new(),
+    })
+}
+
+/// An envelope as the read paths need it.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvRow {
+    pub tenant: String,
+    pub leaf_index: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub key_version: u32,
+    pub note: String,
+}
+
+/// A checkpoint as the read paths need it.
+#[derive(Debug, Clone)]
+pub(crate) struct CpRow {
+    pub size: u64,
+    pub note: String,
+}
+
+/// The storage queries of the read paths.
+pub(crate) trait ReadOps {
+    async fn envelope_by_turn(&mut self, turn: &str) -> Result<Option<EnvRow>, AuditLogError>;
+    async fn envelope_at(
+        &mut self,
+        tenant: &str,
+        index: u64,
+    ) -> Result<Option<EnvRow>, AuditLogError>;
+    async fn events(
+        &mut self,
+        tenant: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<String>, AuditLogError>;
+    async fn latest_checkpoint(&mut self, tenant: &str) -> Result<Option<CpRow>, AuditLogError>;
+    async fn checkpoint_at(
+        &mut self,
+        tenant: &str,
+        size: u64,
+    ) -> Result<Option<CpRow>, AuditLogError>;
+    async fn leaf_hashes(
+        &mut self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Hash>, AuditLogError>;
+    async fn tenant_keys(&mut self, tenant: &str) -> Result<Vec<PublicKeyRecord>, AuditLogError>;
+}
+
+/// The readers' trees: committed envelope leaf hashes only, extended from
+/// the database on demand. Committed leaves never change, so a cached tree
+/// is always a prefix of the stored one (unless the database is tampered
+/// with, which proofs against signed checkpoints then expose).
+#[derive(Default)]
+pub(crate) struct TreeCache {
+    trees: Mutex<HashMap<String, Tree>>,
+}
+
+impl TreeCache {
+    fn size(&self, tenant: &str) -> u64 {
+        self.trees
+            .lock()
+            .map(|m| m.get(tenant).map_or(0, Tree::size))
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` on the tenant's tree once it has at least `size` leaves.
+    async fn with_tree<R: ReadOps, T>(
+        &self,
+        r: &mut R,
+        tenant: &str,
+        size: u64,
+        f: impl FnOnce(&Tree) -> Result<T, AuditLogError>,
+    ) -> Result<T, AuditLogError> {
+        let have = self.size(tenant);
+        let leaves = if have < size {
+            r.leaf_hashes(tenant, have, size).await?
+        } else {
+            Vec::new()
+        };
+        let mut trees = self.trees.lock().map_err(|_| AuditLogError::Closed)?;
+        let tree = trees.entry(tenant.to_owned()).or_default();
+        for (i, l) in leaves.into_iter().enumerate() {
+            // Another reader may have extended the tree meanwhile.
+            if have + i as u64 == tree.size() {
+                tree.push_leaf_hash(l);
+            }
+        }
+        if tree.size() < size {
+            return Err(AuditLogError::Corrupt {
+                tenant: tenant.to_owned(),
+                detail: format!(
+                    "a checkpoint covers {size} envelopes but only {} are stored",
+                    tree.size()
+                ),
+            });
+        }
+        f(tree)
+    }
+}
+
+/// Builds the receipt of one stored envelope against the newest checkpoint.
+pub(crate) async fn build_receipt<R: ReadOps>(
+    r: &mut R,
+    cache: &TreeCache,
+    env: EnvRow,
+) -> Result<Receipt, AuditLogError> {
+    let tenant = env.tenant.clone();
+    let corrupt = |detail: String| AuditLogError::Corrupt {
+        tenant: tenant.clone(),
+        detail,
+    };
+    let events = r.events(&tenant, env.first_seq, env.last_seq).await?;
+    let cp = r
+        .latest_checkpoint(&tenant)
+        .await?
+        .ok_or_else(|| AuditLogError::EmptyLog {
+            tenant: tenant.clone(),
+        })?;
+    if cp.size <= env.leaf_index {
+        return Err(corrupt(format!(
+            "envelope {} is not covered by the newest checkpoint",
+            env.leaf_index
+        )));
+    }
+    let cp_root = note_text(&cp.note)
+        .and_then(|t| Checkpoint::parse(t).ok())
+        .map(|c| *c.root())
+        .ok_or_else(|| corrupt("a stored checkpoint is malformed".to_owned()))?;
+    let proof = cache
+        .with_tree(r, &tenant, cp.size, |tree| {
+            if tree.root_at(cp.size)? != cp_root {
+                return Err(AuditLogError::Corrupt {
+                    tenant: tenant.clone(),
+                    detail: "the stored envelopes do not match the newest checkpoint".into(),
+                });
+            }
+            Ok(tree.inclusion_proof(env.leaf_index, cp.size)?)
+        })
+        .await?;
+    let text = note_text(&env.note).unwrap_or_default();
+    let parsed = Envelope::parse(text).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Receipt {
+        format: RECEIPT_FORMAT.to_owned(),
+        tenant: parsed.tenant,
+        turn: parsed.turn,
+        events,
+        envelope: env.note,
+        key_version: env.key_version,
+        leaf_index: env.leaf_index,
+        tree_size: cp.size,
+        inclusion_proof: proof.iter().map(|h| format::b64(h)).collect(),
+        checkpoint: cp.note,
+    })
+}
+
+/// The receipt of `turn`, refusing a turn of another tenant without
+/// revealing whose it is.
+pub(crate) async fn receipt_for_turn<R: ReadOps>(
+    r: &mut R,
+    cache: &TreeCache,
+    tenant: &TenantId,
+    turn: &TurnId,
+) -> Result<Receipt, AuditLogError> {
+    let not_found = || AuditLogError::TurnNotFound {
+        turn: turn.as_str().to_owned(),
+        tenant: tenant.as_str().to_owned(),
+    };
+    let env = r
+        .envelope_by_turn(turn.as_str())
+        .await?
+        .ok_or_else(not_found)?;
+    if env.tenant != tenant.as_str() {
+        return Err(not_found());
+    }
+    build_receipt(r, cache, env).await
+}
+
+/// The receipt of the envelope at `index`.
+pub(crate) async fn receipt_at<R: ReadOps>(
+    r: &mut R,
+    cache: &TreeCache,
+    tenant: &TenantId,
+    index: u64,
+) -> Result<Receipt, AuditLogError> {
+    let env = r
+        .envelope_at(tenant.as_str(), index)
+        .await?
+        .ok_or_else(|| AuditLogError::NoSuchEnvelope {
+            tenant: tenant.as_str().to_owned(),
+            index,
+        })?;
+    build_receipt(r, cache, env).await
+}
+
+/// A consistency proof between two sizes, with the stored checkpoints of
+/// those sizes.
+pub(crate) async fn consistency<R: ReadOps>(
+    r: &mut R,
+    cache: &TreeCache,
+    tenant: &TenantId,
+    old_size: u64,
+    new_size: u64,
+) -> Result<ConsistencyProof, AuditLogError> {
+    let t = tenant.as_str();
+    let newest = r.latest_checkpoint(t).await?.map_or(0, |c| c.size);
+    if new_size > newest {
+        return Err(AuditLogError::Proof(merkle::ProofError::BeyondTree {
+            size: new_size,
+            tree_size: newest,
+        }));
+    }
+    let proof = cache
+        .with_tree(r, t, new_size, |tree| {
+            Ok(tree.consistency_proof(old_size, new_size)?)
+        })
+        .await?;
+    let old_checkpoint = r.checkpoint_at(t, old_size).await?.map(|c| c.note);
+    let new_checkpoint = r.checkpoint_at(t, new_size).await?.map(|c| c.note);
+    Ok(ConsistencyProof {
+        tenant: tenant.clone(),
+        old_size,
+        new_size,
+        proof: proof.iter().map(|h| format::b64(h)).collect(),
+        old_checkpoint,
+        new_checkpoint,
+    })
+}
+
+/// The recorded verifier keys of a tenant plus the current version's
+/// (derived, and checked against the record when there is one).
+pub(crate) async fn public_keys<R: ReadOps>(
+    r: &mut R,
+    signing: &Signing,
+    tenant: &TenantId,
+) -> Result<Vec<PublicKeyRecord>, AuditLogError> {
+    let mut recorded = r.tenant_keys(tenant.as_str()).await?;
+    let current = signing.current_record(tenant.as_str())?;
+    match recorded.iter().find(|k| k.version == current.version) {
+        Some(k) if *k != current => {
+            return Err(AuditLogError::KeyMismatch {
+                tenant: tenant.as_str().to_owned(),
+                version: current.version,
+            });
+        }
+        Some(_) => {}
+        None => recorded.push(current),
+    }
+    recorded.sort_by_key(|k| k.version);
+    Ok(recorded)
+}
+
+/// The database verification key set of a tenant: every recorded version,
+/// each key parsed and named for this tenant's origin; the current
+/// version's record must equal what `AUDIT_SIGNING_KEY` derives.
+pub(crate) fn recorded_key_set(
+    signing: &Signing,
+    tenant: &str,
+    recorded: &[PublicKeyRecord],
+) -> Result<KeySet, String> {
+    let origin = signing.origin(tenant).map_err(|e| e.to_string())?;
+    let env_name = format!("{origin}{ENVELOPE_KEY_SUFFIX}");
+    let current = signing.current_record(tenant).map_err(|e| e.to_string())?;
+    let mut map = BTreeMap::new();
+    for k in recorded {
+        if k.version == current.version && *k != current {
+            return Err(format!(
+                "the recorded public key of version {} differs from the one AUDIT_SIGNING_KEY derives (audit_tenant_keys was tampered with)",
+                k.version
+            ));
+        }
+        let parse = |s: &str, name: &str| -> Result<NoteVerifier, String> {
+            let v = NoteVerifier::from_key_string(s)
+                .map_err(|e| format!("recorded key of version {} is malformed: {e}", k.version))?;
+            if v.name() != name {
+                return Err(format!(
+                    "recorded key of version {} is named {:?}, not {name:?}",
+                    k.version,
+                    v.name()
+                ));
+            }
+            Ok(v)
+        };
+        map.insert(
+            k.version,
+            (
+                parse(&k.checkpoint_key, &origin)?,
+                parse(&k.envelope_key, &env_name)?,
+            ),
+        );
+    }
+    Ok(KeySet::ByVersion(map))
+}
+
+/// Opens a checkpoint the caller keeps outside the database with the
+/// tenant's recorded and current log keys.
+pub(crate) fn open_trusted(
+    signing: &Signing,
+    tenant: &str,
+    recorded: &[PublicKeyRecord],
+    trusted: &[u8],
+) -> Result<Checkpoint, AuditLogError> {
+    let origin = signing.origin(tenant)?;
+    let mut keys: Vec<NoteVerifier> = Vec::new();
+    let current = signing.current_record(tenant)?;
+    for k in recorded.iter().chain(std::iter::once(&current)) {
+        if let Ok(v) = NoteVerifier::from_key_string(&k.checkpoint_key)
+            && !keys.contains(&v)
+        {
+            keys.push(v);
+        }
+    }
+    let cp =
+        aibox_audit::checkpoint::open(trusted, &keys).map_err(AuditLogError::TrustedCheckpoint)?;
+    if cp.origin() != origin {
+        return Err(AuditLogError::TrustedCheckpoint(
+            aibox_audit::CheckpointError::KeyNameMismatch {
+                key_name: origin,
+                origin: cp.origin().to_owned(),
+            },
+        ));
+    }
+    Ok(cp)
+}
