@@ -132,6 +132,13 @@ def test_admin_verify_detects_a_tampered_row(cluster, tmp_path):
     bad = gw.http().get("/v1/admin/audit/verify", params={"tenant_id": "default"}, headers=admin).json()
     assert bad["ok"] is False
     assert bad["first_bad_seq"] == 5, bad
+    # The CLI refuses to open a log whose guards are gone, and says how to
+    # restore them; after that it finds the edit.
+    cli = cluster.run_aibox(["audit", "verify", "--tenant", "default", "--config", cfg], cwd=gw.cwd)
+    assert cli.returncode != 0
+    assert "guards are not intact" in cli.stderr and "restore-guards" in cli.stderr, cli.stderr
+    restored = cluster.run_aibox(["audit", "restore-guards", "--config", cfg], cwd=gw.cwd)
+    assert restored.returncode == 0, restored.stderr
     cli = cluster.run_aibox(["audit", "verify", "--tenant", "default", "--config", cfg], cwd=gw.cwd)
     assert cli.returncode != 0
     assert "first bad sequence number Some(5)" in cli.stderr, cli.stderr

@@ -30,6 +30,25 @@ pub async fn open(cfg: &Config, key: &Secret) -> anyhow::Result<AuditLog> {
     })
 }
 
+/// Re-creates the append-only guards of the configured audit database.
+pub fn restore_guards(cfg: &Config) -> anyhow::Result<()> {
+    match &cfg.database {
+        DatabaseUrl::Sqlite(_) => {
+            AuditLog::restore_guards_sqlite(&cfg.server.data_dir.join(AUDIT_DB))?
+        }
+        DatabaseUrl::Postgres(url) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(AuditLog::restore_guards_postgres(url.expose()))?;
+        }
+    }
+    eprintln!(
+        "restored the audit log's append-only guards; now run `aibox audit verify` for every tenant"
+    );
+    Ok(())
+}
+
 /// Verifies one tenant's log and prints the report; fails when it is bad.
 pub async fn verify(log: &AuditLog, tenant: &str) -> anyhow::Result<()> {
     let tenant = TenantId::new(tenant).context("--tenant")?;

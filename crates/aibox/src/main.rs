@@ -106,6 +106,9 @@ enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Re-create the append-only guards (triggers) after a restore dropped
+    /// them; run `aibox audit verify` afterwards.
+    RestoreGuards,
     /// Print a tenant's verifier keys (every version), for third parties.
     Keys {
         /// The tenant.
@@ -249,6 +252,9 @@ fn audit_command(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Resu
     }
     let mut env = environment()?;
     let cfg = aibox_config::load(config.as_deref(), &env)?;
+    if let AuditCommand::RestoreGuards = command {
+        return audit::restore_guards(&cfg);
+    }
     // The same keys `aibox serve` uses, including development keys.
     devkeys::ensure(&cfg.server.data_dir, &mut env)?;
     let key = aibox_core::Secret::new(
@@ -275,7 +281,9 @@ fn audit_command(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Resu
                 );
                 Ok(())
             }
-            AuditCommand::Receipt(_) | AuditCommand::VerifyBundle { .. } => Ok(()),
+            AuditCommand::Receipt(_)
+            | AuditCommand::VerifyBundle { .. }
+            | AuditCommand::RestoreGuards => Ok(()),
         }
     })
 }
