@@ -401,7 +401,7 @@ impl AuditLog {
     /// Runs the guard self-check again (start-up already ran it).
     pub async fn check_guards(&self) -> Result<(), AuditLogError> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(()),
+            Backend::Sqlite(s) => s.check_guards().await,
             Backend::Postgres(p) => p.check_guards().await,
         }
     }

@@ -542,6 +542,10 @@ impl SqliteLog {
         .await
     }
 
+    pub(crate) async fn check_guards(&self) -> Result<(), AuditLogError> {
+        self.read(|conn, _, _| check_guards(conn)).await
+    }
+
     pub(crate) fn signing(&self) -> &Signing {
         &self.signing
     }

@@ -500,11 +500,17 @@ async fn guards_refuse_update_and_delete_and_are_checked_at_start() {
         assert!(err.contains("aibox audit log"), "{sql}: {err}");
     }
     assert!(log.verify(&tenant("acme"), |_, _| {}).await.unwrap().ok);
-    drop(log);
 
-    // A dropped guard stops the next start-up with the fix.
+    // A dropped guard is reported by the running process's self-check and
+    // stops the next start-up with the fix.
+    log.check_guards().await.unwrap();
     c.execute_batch("DROP TRIGGER audit_rows_no_delete")
         .unwrap();
+    assert!(matches!(
+        log.check_guards().await,
+        Err(AuditLogError::Guards { .. })
+    ));
+    drop(log);
     let err = AuditLog::open_sqlite(&path, KEY1, &AuditLogOptions::default())
         .err()
         .unwrap();
