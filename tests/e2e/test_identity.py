@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import httpx
+import jwt
 import openai
 import pytest
 
@@ -52,7 +53,9 @@ from identity_kit import (
 
 CI = Client("ci", user_claims("acme", "ci-bot", ["admin", "user"]))
 POSTER = Client("poster", user_claims("globex", "poster", ["viewer"]), auth_method="client_secret_post")
-CLIENTS = [CI, POSTER]
+#: aibox's own confidential client (seed 000 §6), for service-to-service tokens.
+AIBOX_SVC = Client("aibox-svc", {})
+CLIENTS = [CI, POSTER, AIBOX_SVC]
 
 PRINCIPAL_RING = [("p1", new_secret())]
 CAPTOKEN_RING = [("c1", new_secret())]
@@ -640,3 +643,44 @@ def test_public_bind_with_auth_enabled_is_allowed(cluster: Cluster):
     r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert proc.stop(10) == 0
+
+
+def test_upstream_gets_a_cached_client_credentials_token_never_a_shared_bearer(env: IdpEnv, cluster: Cluster):
+    """Issue 3 item 8: aibox calls an upstream that requires it with a
+    short-lived token from the provider's client-credentials grant (its own
+    confidential client, secret from SERVICE_AIBOX_CLIENT_SECRET), cached
+    until shortly before expiry; the client's token is never forwarded."""
+    fake = cluster.fake_upstream("svc-up")
+    upstream = fake.upstream()
+    upstream["service_auth"] = {"resource": "urn:other"}
+    cfg = gateway_config(
+        fake,
+        env.idp.auth_config(),
+        service_auth={"client_id": "aibox-svc", "client_secret_env": "SERVICE_AIBOX_CLIENT_SECRET"},
+    )
+    cfg["upstreams"] = [upstream]
+    gw = cluster.aibox(cfg, env={**KEY_ENV, "SERVICE_AIBOX_CLIENT_SECRET": AIBOX_SVC.client_secret})
+    user_token = env.idp.token("ci")
+    client = gw.client(api_key=user_token)
+    client.chat.completions.create(**CHAT)
+    first = fake.stats()["last_headers"]["authorization"]
+    assert first and first.startswith("Bearer ")
+    service_token = first.removeprefix("Bearer ")
+    assert service_token != user_token
+    # A real token from the provider: its issuer, aibox's client, the resource's audience.
+    claims = jwt.decode(service_token, options={"verify_signature": False})
+    assert claims["iss"] == env.idp.issuer
+    assert claims["client_id"] == "aibox-svc"
+    assert claims["aud"] == "other"
+    # Cached: the next call reuses it.
+    client.chat.completions.create(**CHAT)
+    assert fake.stats()["last_headers"]["authorization"] == first
+
+    # A wrong secret fails closed: the upstream is never called without a token.
+    before = fake.stats()["requests"]
+    bad = cluster.aibox(cfg, env={**KEY_ENV, "SERVICE_AIBOX_CLIENT_SECRET": "wrong-secret"})
+    with pytest.raises(openai.APIStatusError) as ei:
+        bad.client(api_key=user_token).chat.completions.create(**CHAT)
+    assert ei.value.status_code == 502
+    assert fake.stats()["requests"] == before
+    assert "wrong-secret" not in bad.stderr()

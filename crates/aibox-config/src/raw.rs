@@ -34,6 +34,30 @@ pub struct RawConfig {
     pub captoken: Option<RawCaptoken>,
     /// Downstream HTTP services.
     pub routes: Option<Vec<RawRoute>>,
+    /// aibox's own confidential client, for service-to-service tokens.
+    pub service_auth: Option<RawServiceAuth>,
+}
+
+/// `service_auth:`: the client-credentials client aibox uses (seed 000 §6).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceAuth {
+    /// The token endpoint; absent means discovery from `auth.issuer`.
+    pub token_url: Option<String>,
+    /// aibox's client id.
+    pub client_id: String,
+    /// The variable holding the client secret (`SERVICE_<NAME>_CLIENT_SECRET`).
+    pub client_secret_env: String,
+}
+
+/// Per upstream or route: ask for a client-credentials token for this.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenFor {
+    /// RFC 8707 `resource`.
+    pub resource: Option<String>,
+    /// OAuth `scope`.
+    pub scope: Option<String>,
 }
 
 /// `server:`.
@@ -150,6 +174,8 @@ pub struct RawRoute {
     pub operations: Option<Vec<String>>,
     /// Whether the prefix is removed before forwarding.
     pub strip_prefix: Option<bool>,
+    /// Send a client-credentials token from `service_auth` as `Authorization`.
+    pub service_auth: Option<RawTokenFor>,
     /// Timeouts.
     pub timeouts: Option<RawTimeouts>,
 }
@@ -164,6 +190,8 @@ pub struct RawUpstream {
     pub base_url: String,
     /// Name of the environment variable holding the upstream's API key.
     pub api_key_env: Option<String>,
+    /// Use a client-credentials token from `service_auth` instead.
+    pub service_auth: Option<RawTokenFor>,
     /// Timeouts.
     pub timeouts: Option<RawTimeouts>,
 }

@@ -45,6 +45,35 @@ pub struct Config {
     pub captoken: CaptokenConfig,
     /// Downstream HTTP services.
     pub routes: Vec<RouteConfig>,
+    /// aibox's own client for service-to-service tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_auth: Option<ServiceAuthConfig>,
+}
+
+/// `service_auth:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceAuthConfig {
+    /// The token endpoint; `None` means discovery from `auth.issuer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    /// The client id.
+    pub client_id: String,
+    /// The variable the secret came from.
+    pub client_secret_env: String,
+    /// The secret; never serialised.
+    #[serde(skip)]
+    pub client_secret: Secret,
+}
+
+/// What token to request for one upstream or route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TokenFor {
+    /// RFC 8707 `resource`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// OAuth `scope`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// `server:`.
@@ -198,6 +227,9 @@ pub struct RouteConfig {
     pub operations: Vec<String>,
     /// Whether the prefix is removed before forwarding.
     pub strip_prefix: bool,
+    /// Client-credentials token sent as `Authorization`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_auth: Option<TokenFor>,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -260,6 +292,9 @@ pub struct UpstreamConfig {
     /// The key itself; never serialised.
     #[serde(skip)]
     pub api_key: Option<Secret>,
+    /// Client-credentials token instead of an API key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_auth: Option<TokenFor>,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -784,6 +819,72 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         strip_headers,
     };
 
+    let service_auth = match raw.service_auth {
+        None => None,
+        Some(sa) => {
+            let key = |k| [Key("service_auth"), Key(k)];
+            if let Some(u) = sa.token_url.as_ref().filter(|u| !is_http_url(u)) {
+                return Err(ctx.invalid(
+                    &key("token_url"),
+                    format!("'{u}' is not an http(s) URL"),
+                    "give the provider's token endpoint",
+                ));
+            }
+            if sa.token_url.is_none() && auth.issuer.is_none() {
+                return Err(ctx.invalid(
+                    &key("token_url"),
+                    "no token_url and no auth.issuer to discover it from",
+                    "set service_auth.token_url or auth.issuer",
+                ));
+            }
+            if sa.client_id.is_empty() {
+                return Err(ctx.invalid(
+                    &key("client_id"),
+                    "it is empty",
+                    "give aibox's client id at the identity provider",
+                ));
+            }
+            let secret = match env.get(&sa.client_secret_env) {
+                Some(v) if !v.is_empty() => Secret::new(v.clone()),
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("client_secret_env"),
+                        format!(
+                            "environment variable {} is not set or empty",
+                            sa.client_secret_env
+                        ),
+                        format!(
+                            "export {} (or put it in .env); there is no shared-bearer fallback",
+                            sa.client_secret_env
+                        ),
+                    ));
+                }
+            };
+            Some(ServiceAuthConfig {
+                token_url: sa.token_url,
+                client_id: sa.client_id,
+                client_secret_env: sa.client_secret_env,
+                client_secret: secret,
+            })
+        }
+    };
+    let token_for = |t: Option<crate::raw::RawTokenFor>,
+                     key: &[Seg<'_>]|
+     -> Result<Option<TokenFor>, ConfigError> {
+        match t {
+            None => Ok(None),
+            Some(_) if service_auth.is_none() => Err(ctx.invalid(
+                key,
+                "service_auth is used here but the top-level service_auth client is not configured",
+                "add service_auth: {token_url, client_id, client_secret_env}",
+            )),
+            Some(t) => Ok(Some(TokenFor {
+                resource: t.resource,
+                scope: t.scope,
+            })),
+        }
+    };
+
     let mut upstreams = Vec::new();
     let raw_upstreams = raw.upstreams.unwrap_or_default();
     if raw_upstreams.is_empty() {
@@ -792,6 +893,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             base_url: DEFAULT_UPSTREAM_URL.into(),
             api_key_env: None,
             api_key: None,
+            service_auth: None,
             timeouts: timeouts(RawTimeouts::default(), ctx, &[])?,
         });
     }
@@ -827,6 +929,14 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
                 }
             },
         };
+        if u.api_key_env.is_some() && u.service_auth.is_some() {
+            return Err(ctx.invalid(
+                &key("service_auth"),
+                "api_key_env and service_auth are both set",
+                "use one way to authenticate to the upstream",
+            ));
+        }
+        let up_token = token_for(u.service_auth, &key("service_auth"))?;
         let t = timeouts(
             u.timeouts.unwrap_or_default(),
             ctx,
@@ -837,6 +947,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             base_url,
             api_key_env: u.api_key_env,
             api_key,
+            service_auth: up_token,
             timeouts: t,
         });
     }
@@ -1021,6 +1132,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             allowed_roles: r.allowed_roles.unwrap_or_default(),
             operations,
             strip_prefix: r.strip_prefix.unwrap_or(true),
+            service_auth: token_for(r.service_auth, &key("service_auth"))?,
             timeouts: t,
         });
     }
@@ -1053,6 +1165,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             ttl: Duration::from_secs(cap_ttl),
         },
         routes,
+        service_auth,
     })
 }
 

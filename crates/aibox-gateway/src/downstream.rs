@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use aibox_config::RouteConfig;
 use aibox_core::{Principal, RequestId, TurnId};
-use aibox_identity::CapGrant;
+use aibox_identity::{CapGrant, ClientCredentials, TokenRequest};
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -35,11 +35,15 @@ pub const TURN_HEADER: &str = "x-aibox-turn";
 pub struct Downstream {
     cfg: RouteConfig,
     client: reqwest::Client,
+    service_token: Option<(Arc<ClientCredentials>, TokenRequest)>,
 }
 
 impl Downstream {
     /// Builds the client of one route.
-    pub fn new(cfg: RouteConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        cfg: RouteConfig,
+        service: Option<&Arc<ClientCredentials>>,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.timeouts.connect)
             .timeout(cfg.timeouts.total)
@@ -48,7 +52,21 @@ impl Downstream {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { cfg, client })
+        let service_token = match (&cfg.service_auth, service) {
+            (Some(t), Some(cc)) => Some((
+                cc.clone(),
+                TokenRequest {
+                    resource: t.resource.clone(),
+                    scope: t.scope.clone(),
+                },
+            )),
+            _ => None,
+        };
+        Ok(Self {
+            cfg,
+            client,
+            service_token,
+        })
     }
 
     /// The route's prefix.
@@ -170,6 +188,25 @@ pub(crate) async fn proxy(
         HeaderName::from_static(PRINCIPAL_HEADER),
         sensitive(signed).map_err(|_| internal("principal"))?,
     );
+    if let Some((cc, treq)) = &route.service_token {
+        let token = cc.token(treq).await.map_err(|e| {
+            tracing::error!(route = %cfg.prefix, error = %e, "cannot obtain a service token");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "service_token_unavailable",
+                format!(
+                    "the gateway cannot obtain a token for the service behind {}",
+                    cfg.prefix
+                ),
+            )
+        })?;
+        headers.insert(
+            header::AUTHORIZATION,
+            sensitive(format!("Bearer {}", token.expose()))
+                .map_err(|_| internal("authorization"))?,
+        );
+    }
     headers.insert(
         HeaderName::from_static(TURN_HEADER),
         HeaderValue::from_str(turn.as_str()).map_err(|_| internal("turn"))?,

@@ -23,7 +23,7 @@ use aibox_auditlog::AuditLog;
 use aibox_config::Config;
 use aibox_config::PrincipalAlgorithm;
 use aibox_core::keyring::Keyring;
-use aibox_identity::{CapTokenMinter, PrincipalSigner};
+use aibox_identity::{CapTokenMinter, ClientCredentials, PrincipalSigner};
 use aibox_limits::Limiter;
 use aibox_router::Router as ModelRouter;
 use aibox_store::Store;
@@ -91,6 +91,7 @@ impl AppState {
         store: Store,
         audit: AuditLog,
         keys: &SigningKeys,
+        service: Option<Arc<ClientCredentials>>,
     ) -> Result<Self, SetupError> {
         let auth = auth::Authenticator::new(&config.auth, store.clone())?;
         let principal_signer = match config.principal.algorithm {
@@ -103,9 +104,11 @@ impl AppState {
             .routes
             .iter()
             .map(|r| {
-                downstream::Downstream::new(r.clone()).map_err(|source| SetupError::Route {
-                    prefix: r.prefix.clone(),
-                    source,
+                downstream::Downstream::new(r.clone(), service.as_ref()).map_err(|source| {
+                    SetupError::Route {
+                        prefix: r.prefix.clone(),
+                        source,
+                    }
                 })
             })
             .collect::<Result<_, _>>()?;

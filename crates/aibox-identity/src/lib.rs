@@ -23,6 +23,7 @@
 
 pub mod apikey;
 pub mod captoken;
+pub mod client_credentials;
 mod jws;
 pub mod keys;
 pub mod oidc;
@@ -32,6 +33,9 @@ mod token_error;
 
 pub use apikey::{ApiKey, ApiKeyError, ApiKeyHash, ApiKeyId, ApiKeyPlain, GeneratedApiKey};
 pub use captoken::{CapGrant, CapTokenClaims, CapTokenMinter, CapTokenVerifier, MintedCapToken};
+pub use client_credentials::{
+    ClientCredentials, ClientCredentialsError, TokenRequest, discover_token_endpoint,
+};
 pub use jsonwebtoken::Algorithm;
 pub use jsonwebtoken::jwk::{Jwk, JwkSet};
 pub use keys::{KeyringKind, KeyringLoadError, load_keyring};

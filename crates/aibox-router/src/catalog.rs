@@ -228,8 +228,8 @@ async fn fetch_models(up: &Upstream) -> Result<Vec<(String, u64)>, AttemptFailur
         timed_out,
     };
     let mut req = up.client.get(format!("{}/models", up.base_url));
-    if let Some(h) = &up.auth_header {
-        req = req.header(http::header::AUTHORIZATION, h.clone());
+    if let Some(h) = up.authorization().await.map_err(|r| fail(r, false))? {
+        req = req.header(http::header::AUTHORIZATION, h);
     }
     let limit = up.timeouts.first_byte.min(up.timeouts.total);
     let resp = tokio::time::timeout(limit, req.send())

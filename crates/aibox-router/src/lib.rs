@@ -26,6 +26,7 @@ use std::time::Duration;
 use aibox_config::{Config, Timeouts};
 use aibox_core::RequestId;
 use aibox_core::audit::Usage;
+use aibox_identity::{ClientCredentials, TokenRequest};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::time::Instant;
@@ -74,8 +75,32 @@ pub(crate) struct Upstream {
     pub(crate) name: String,
     pub(crate) base_url: String,
     auth_header: Option<http::HeaderValue>,
+    service_token: Option<(Arc<ClientCredentials>, TokenRequest)>,
     pub(crate) timeouts: Timeouts,
     pub(crate) client: reqwest::Client,
+}
+
+impl Upstream {
+    /// The `Authorization` value for this upstream: its API key, a cached
+    /// client-credentials token, or nothing.
+    pub(crate) async fn authorization(&self) -> Result<Option<http::HeaderValue>, String> {
+        if let Some(h) = &self.auth_header {
+            return Ok(Some(h.clone()));
+        }
+        let Some((cc, req)) = &self.service_token else {
+            return Ok(None);
+        };
+        let token = cc.token(req).await.map_err(|e| {
+            tracing::error!(upstream = %self.name, error = %e, "cannot obtain a service token");
+            "cannot obtain a service token from the identity provider".to_owned()
+        })?;
+        let mut v =
+            http::HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                "the identity provider returned a token that is not a valid header value".to_owned()
+            })?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
 }
 
 /// The parsed parts of a request that the router looks at.
@@ -156,7 +181,10 @@ pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
 
 impl Router {
     /// Builds the router from the validated config.
-    pub fn new(cfg: &Config) -> Result<Arc<Self>, RouterError> {
+    pub fn new(
+        cfg: &Config,
+        service: Option<Arc<ClientCredentials>>,
+    ) -> Result<Arc<Self>, RouterError> {
         // reqwest is built without a default TLS provider; install ring once
         // per process (a second install is refused harmlessly).
         if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -191,10 +219,28 @@ impl Router {
                     Some(v)
                 }
             };
+            let service_token = match (&u.service_auth, &service) {
+                (None, _) => None,
+                (Some(t), Some(cc)) => Some((
+                    cc.clone(),
+                    TokenRequest {
+                        resource: t.resource.clone(),
+                        scope: t.scope.clone(),
+                    },
+                )),
+                (Some(_), None) => {
+                    return Err(RouterError::Protocol {
+                        upstream: u.name.clone(),
+                        message: "upstreams[].service_auth needs the top-level service_auth client"
+                            .into(),
+                    });
+                }
+            };
             upstreams.push(Upstream {
                 name: u.name.clone(),
                 base_url: u.base_url.clone(),
                 auth_header,
+                service_token,
                 timeouts: u.timeouts,
                 client,
             });
@@ -364,8 +410,16 @@ impl Router {
             )
             .header("x-request-id", request_id.as_str())
             .body(payload);
-        if let Some(h) = &up.auth_header {
-            req = req.header(http::header::AUTHORIZATION, h.clone());
+        match up.authorization().await {
+            Ok(Some(h)) => req = req.header(http::header::AUTHORIZATION, h),
+            Ok(None) => {}
+            Err(reason) => {
+                return Err(Attempt::Retryable(AttemptFailure {
+                    upstream: up.name.clone(),
+                    reason,
+                    timed_out: false,
+                }));
+            }
         }
         let first_byte = up.timeouts.first_byte.min(up.timeouts.total);
         let retry = |reason: String, timed_out: bool| {

@@ -148,7 +148,25 @@ async fn serve(
             .context("cannot connect to Redis for rate limits; fix: start Redis or unset redis_url (AIBOX_REDIS_URL)")?,
         None => Limiter::in_memory(cfg.limits.clone()),
     };
-    let router = aibox_router::Router::new(&cfg)?;
+    let service = match &cfg.service_auth {
+        None => None,
+        Some(sa) => {
+            let token_url = match (&sa.token_url, &cfg.auth.issuer) {
+                (Some(u), _) => u.clone(),
+                (None, Some(issuer)) => aibox_identity::discover_token_endpoint(issuer).await?,
+                (None, None) => bail!(
+                    "service_auth.token_url is not set and there is no auth.issuer to discover it from"
+                ),
+            };
+            Some(Arc::new(aibox_identity::ClientCredentials::new(
+                token_url,
+                sa.client_id.clone(),
+                sa.client_secret.clone(),
+                sa.client_secret_env.clone(),
+            )?))
+        }
+    };
+    let router = aibox_router::Router::new(&cfg, service.clone())?;
     let audit = crate::audit::open(&cfg, &audit_key).await?;
     tracing::info!(
         backend = audit.backend(),
@@ -162,6 +180,7 @@ async fn serve(
         store.clone(),
         audit,
         &keys,
+        service,
     )?);
     state.auth.preload().await;
 
