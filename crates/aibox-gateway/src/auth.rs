@@ -31,6 +31,66 @@ pub struct Authenticator {
     oidc: Option<OidcValidator>,
     store: Store,
     strip: Vec<HeaderName>,
+    cache: TokenCache,
+}
+
+/// Validated OIDC tokens, by SHA-256 of the token, for a short time.
+///
+/// A signature check costs hundreds of microseconds (ES256 with RustCrypto),
+/// and a client sends the same access token on every request until it
+/// expires. An entry lives for at most [`CACHE_TTL`] and never past the
+/// token's own `exp`, so a key the provider withdraws stops working within
+/// that time. Only successes are cached: every refusal is checked and logged
+/// again.
+struct TokenCache {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, SystemTime)>>,
+}
+
+/// How long a validated token is trusted without a new signature check.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bound on cached tokens; when full, the cache starts over.
+const CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
+        let map = self.map.lock().ok()?;
+        let (p, until) = map.get(key)?;
+        (now < *until).then(|| p.clone())
+    }
+
+    /// Caches a token that was just validated, until `exp` at the latest.
+    fn put(&self, key: [u8; 32], token: &str, p: &Principal, now: SystemTime) {
+        let Some(exp) = token_exp(token) else {
+            return;
+        };
+        let until = (now + CACHE_TTL).min(exp);
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, (p.clone(), until));
+        }
+    }
+}
+
+/// The `exp` of a token that has already been validated.
+fn token_exp(token: &str) -> Option<SystemTime> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Exp {
+        exp: u64,
+    }
+    let e: Exp = serde_json::from_slice(&bytes).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(e.exp))
 }
 
 /// Why the authenticator could not be built.
@@ -85,6 +145,9 @@ impl Authenticator {
             oidc,
             store,
             strip,
+            cache: TokenCache {
+                map: std::sync::Mutex::new(std::collections::HashMap::new()),
+            },
         })
     }
 
@@ -139,9 +202,14 @@ impl Authenticator {
                 "the bearer value is not a gateway API key, and OIDC is not configured (auth.issuer)",
             ));
         };
-        oidc.validate(token, SystemTime::now())
-            .await
-            .map_err(oidc_error)
+        let now = SystemTime::now();
+        let key = TokenCache::key(token);
+        if let Some(p) = self.cache.get(&key, now) {
+            return Ok(p);
+        }
+        let p = oidc.validate(token, now).await.map_err(oidc_error)?;
+        self.cache.put(key, token, &p, now);
+        Ok(p)
     }
 
     async fn api_key(&self, presented: &str) -> Result<Principal, ApiError> {
@@ -253,4 +321,54 @@ fn oidc_error(e: AuthError) -> ApiError {
     }
     tracing::warn!(reason = e.code(), hint = %e.operator_hint(), "authentication refused");
     ApiError::unauthorized(e.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn token_with_exp(exp: u64) -> String {
+        let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            b(r#"{"alg":"ES256"}"#),
+            b(&format!(r#"{{"exp":{exp}}}"#))
+        )
+    }
+
+    #[test]
+    fn cached_tokens_never_outlive_their_exp_or_the_ttl() {
+        let cache = TokenCache {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+        };
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let p = Principal::anonymous();
+        // Expires in 5 s: cached for 5 s, not 30.
+        let short = token_with_exp(1_000_005);
+        let k = TokenCache::key(&short);
+        cache.put(k, &short, &p, now);
+        assert!(
+            cache
+                .get(&k, now + std::time::Duration::from_secs(4))
+                .is_some()
+        );
+        assert!(
+            cache
+                .get(&k, now + std::time::Duration::from_secs(5))
+                .is_none()
+        );
+        // Expires in an hour: cached for the TTL only.
+        let long = token_with_exp(1_003_600);
+        let k = TokenCache::key(&long);
+        cache.put(k, &long, &p, now);
+        assert!(
+            cache
+                .get(&k, now + CACHE_TTL - std::time::Duration::from_secs(1))
+                .is_some()
+        );
+        assert!(cache.get(&k, now + CACHE_TTL).is_none());
+        // A different token is a different entry.
+        assert!(cache.get(&TokenCache::key("other"), now).is_none());
+    }
 }
