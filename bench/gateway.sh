@@ -20,6 +20,8 @@
 #   BENCH_AIBOX_BIN        aibox binary to measure (default target/release/aibox), e.g.
 #                          to compare two builds; combine with BENCH_SKIP_BUILD=1
 #   BENCH_AIBOX_LOG_LEVEL  aibox log.level (default warn)
+#   BENCH_AIBOX_AUTH=apikey  run aibox with auth.enabled and a gateway API key
+#                          (created with `aibox apikey create`) on every request
 #   BENCH_WAIT_QUIET=N     before each run, wait up to N s for other load to drop
 #   BENCH_KEEP_TMP=1       keep the temporary directory (configs, logs, wrk output)
 #   BENCH_PYTHON           python used for the LiteLLM venv and the report (default python3)
@@ -44,6 +46,9 @@ SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 # verified clean. Override to benchmark another release.
 LITELLM_SPEC=${BENCH_LITELLM_SPEC:-'litellm[proxy]==1.82.6'}
 AIBOX_LOG_LEVEL=${BENCH_AIBOX_LOG_LEVEL:-warn}
+AIBOX_AUTH=${BENCH_AIBOX_AUTH:-off}
+case $AIBOX_AUTH in off | apikey) ;; *) echo "BENCH_AIBOX_AUTH must be off or apikey" >&2; exit 2 ;; esac
+export BENCH_BEARER=bench-dummy-key
 PYTHON=${BENCH_PYTHON:-python3}
 CONCURRENCIES=(1 32)
 STREAM_MODES=(0 1)
@@ -491,6 +496,13 @@ models:
     targets:
       - upstream: fake
 EOF
+  if [[ $AIBOX_AUTH == apikey ]]; then
+    printf 'auth:\n  enabled: true\n  api_keys: true\n' >>"$dir/config.yaml"
+    BENCH_BEARER=$(cd "$dir" && env -i PATH="/usr/local/bin:/usr/bin:/bin" HOME="$dir" \
+      "$AIBOX_BIN" apikey create --tenant bench --user bench --config "$dir/config.yaml" 2>>"$WORK/aibox.err") ||
+      die "cannot create the benchmark API key; stderr: $(head -c 2000 "$WORK/aibox.err")"
+    export BENCH_BEARER
+  fi
   start_server aibox "$dir" "$AIBOX_BIN" serve --config "$dir/config.yaml"
   AIBOX_PID=$STARTED_PID
   local line
@@ -605,6 +617,7 @@ main() {
   meta fake_upstream_version "$("$FAKE_BIN" --version 2>/dev/null | head -n1 || echo '?')"
   meta git_rev "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- crates tools 2>/dev/null || echo '+dirty')"
   meta aibox_log_level "$AIBOX_LOG_LEVEL"
+  meta aibox_auth "$AIBOX_AUTH"
   meta aibox_bin "${AIBOX_BIN#"$ROOT"/}"
 
   local litellm_ok=0

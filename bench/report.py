@@ -180,7 +180,7 @@ def markdown(meta: dict, runs: list[dict], checks: list[dict]) -> str:
     )
     out.append(
         f"- {meta.get('aibox_version', 'aibox ?')} (`{meta.get('aibox_bin', '?')}`, tree at git {meta.get('git_rev', '?')}), release build, "
-        f"log level `{meta.get('aibox_log_level', '?')}`, auth off, in-memory limiter, no limits configured"
+        f"log level `{meta.get('aibox_log_level', '?')}`, auth {meta.get('aibox_auth', 'off')}, in-memory limiter, no limits configured"
     )
     out.append(f"- fake upstream: tools/fake-upstream release build ({meta.get('fake_upstream_version', '?')})")
     out.append(f"- load average at start: {meta.get('loadavg_start', '?')}")

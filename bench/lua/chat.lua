@@ -20,7 +20,8 @@ local prompt = "Summarise in one sentence why a security gateway in front of "
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = stream and "text/event-stream" or "application/json"
-wrk.headers["Authorization"] = "Bearer bench-dummy-key"
+-- BENCH_BEARER: a gateway API key when the benchmark runs aibox with auth on.
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_BEARER") or "bench-dummy-key")
 wrk.body = '{"model":"' .. model .. '",'
     .. '"messages":['
     .. '{"role":"system","content":"You are a concise assistant."},'
