@@ -150,3 +150,51 @@ def test_placeholder_audit_key_stops_start_up(cluster):
     )
     assert "placeholder" in err and "AUDIT_SIGNING_KEY" in err
     assert "aibox-audit-signing-key-change-me" in err or "replace it" in err
+
+
+def test_kill_9_under_load_loses_no_acknowledged_turn(cluster):
+    """Crash: SIGKILL while four clients keep sending; after a restart every
+    turn whose answer a client received has its receipt, and the log
+    verifies."""
+    import signal
+    import threading
+    import time
+
+    gw, _ = gateway(cluster)
+    key = admin_key(cluster, gw)
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop():
+        with httpx.Client(base_url=gw.main_url, timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/chat/completions", json={"model": "chat", "messages": HELLO})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        acked.append(r.headers["x-aibox-turn"])
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    gw.proc.signal(signal.SIGKILL)
+    gw.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    cluster.gateways.remove(gw)
+    assert len(acked) > 20, f"only {len(acked)} turns before the kill"
+
+    again = cluster.aibox(args=["--config", str(gw.cwd / "config.yaml")], cwd=gw.cwd)
+    http = again.http()
+    missing = [t for t in acked if http.get(f"/v1/audit/receipts/{t}").status_code != 200]
+    assert not missing, f"{len(missing)} acknowledged turns are not in the log: {missing[:5]}"
+    report = http.get(
+        "/v1/admin/audit/verify", params={"tenant_id": "default"}, headers={"authorization": f"Bearer {key}"}
+    ).json()
+    assert report["ok"] is True, report
+    assert report["envelopes"] >= len(acked)

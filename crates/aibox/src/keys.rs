@@ -19,6 +19,9 @@ pub enum Which {
     Principal,
     /// `AIBOX_CAPTOKEN_KEYS`.
     Captoken,
+    /// `AUDIT_SIGNING_KEY` (a single secret; the audit log records the
+    /// public keys of every version, so old records keep verifying).
+    Audit,
 }
 
 impl Which {
@@ -26,6 +29,7 @@ impl Which {
         match self {
             Which::Principal => env::AIBOX_PRINCIPAL_KEYS,
             Which::Captoken => env::AIBOX_CAPTOKEN_KEYS,
+            Which::Audit => env::AUDIT_SIGNING_KEY,
         }
     }
 }
@@ -51,6 +55,21 @@ fn next_id(ring: Option<&Keyring>) -> String {
 pub fn rotate(which: Which, env_file: &Path) -> anyhow::Result<()> {
     let var = which.var();
     let mut file = EnvFile::load(env_file)?;
+    if let Which::Audit = which {
+        use base64::Engine as _;
+        let mut secret = vec![0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| anyhow::anyhow!("the OS random generator failed: {e}"))?;
+        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret);
+        file.set(var, &value);
+        file.save()?;
+        println!("{var}: new value written to {}", env_file.display());
+        println!(
+            "restart aibox: it registers a new audit key version; records signed with earlier versions keep verifying \
+             with the public keys the log recorded (`aibox audit keys` lists them; publish the new one to your verifiers)"
+        );
+        return Ok(());
+    }
     let current = match file.get(var) {
         Some(v) if !v.is_empty() => Some(Keyring::parse(&v).with_context(|| {
             format!(
@@ -153,5 +172,24 @@ mod tests {
                 .get(env::AIBOX_CAPTOKEN_KEYS)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn audit_rotation_writes_a_valid_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(&p, "AUDIT_SIGNING_KEY=aibox-audit-signing-key-change-me\n").unwrap();
+        rotate(Which::Audit, &p).unwrap();
+        let first = EnvFile::load(&p)
+            .unwrap()
+            .get(env::AUDIT_SIGNING_KEY)
+            .unwrap();
+        assert!(aibox_core::keyring::check_audit_signing_key(&first).is_ok());
+        rotate(Which::Audit, &p).unwrap();
+        let second = EnvFile::load(&p)
+            .unwrap()
+            .get(env::AUDIT_SIGNING_KEY)
+            .unwrap();
+        assert_ne!(first, second);
     }
 }
