@@ -24,6 +24,7 @@
 pub mod apikey;
 pub mod captoken;
 pub mod client_credentials;
+mod http;
 mod jws;
 pub mod keys;
 pub mod oidc;
@@ -36,6 +37,7 @@ pub use captoken::{CapGrant, CapTokenClaims, CapTokenMinter, CapTokenVerifier, M
 pub use client_credentials::{
     ClientCredentials, ClientCredentialsError, TokenRequest, discover_token_endpoint,
 };
+pub use http::describe_reqwest;
 pub use jsonwebtoken::Algorithm;
 pub use jsonwebtoken::jwk::{Jwk, JwkSet};
 pub use keys::{KeyringKind, KeyringLoadError, load_keyring};

@@ -153,31 +153,7 @@ pub struct Router {
     catalog: catalog::Catalog,
 }
 
-/// Describes a reqwest error without its URL (which could carry secrets in
-/// other deployments) and without the noise of its source chain.
-pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "the body broke off"
-    } else if e.is_request() {
-        "the request failed"
-    } else {
-        "transport error"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut root = None;
-    while let Some(s) = source {
-        root = Some(s.to_string());
-        source = s.source();
-    }
-    match root {
-        Some(r) => format!("{kind} ({r})"),
-        None => kind.to_owned(),
-    }
-}
+pub(crate) use aibox_identity::describe_reqwest;
 
 impl Router {
     /// Builds the router from the validated config.

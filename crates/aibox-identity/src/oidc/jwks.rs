@@ -7,6 +7,7 @@
 //! Ed25519 key. Malformed keys are dropped at load time, so no malformed key
 //! ever reaches the crypto code on the request path.
 
+use crate::http::describe_reqwest;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -448,31 +449,6 @@ pub(crate) fn display_url(raw: &str) -> String {
             u.to_string()
         }
         Err(_) => jws::printable(raw, 200),
-    }
-}
-
-/// Describes a reqwest error without its URL and with its root cause.
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "the body broke off"
-    } else if e.is_builder() {
-        "invalid request"
-    } else {
-        "transport error"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut root = None;
-    while let Some(s) = source {
-        root = Some(s.to_string());
-        source = s.source();
-    }
-    match root {
-        Some(r) => format!("{kind} ({r})"),
-        None => kind.to_owned(),
     }
 }
 
