@@ -435,8 +435,8 @@ run_one() {
 sanity() {
   local target=$1 base=$2 body plain streamed result=
   body='{"model":"'$MODEL'","messages":[{"role":"user","content":"sanity check"}]}'
-  plain=$(curl -sS --max-time 30 -H 'Content-Type: application/json' -d "$body" "$base/chat/completions" 2>&1 || true)
-  streamed=$(curl -sS -N --max-time 30 -H 'Content-Type: application/json' \
+  plain=$(curl -sS --max-time 30 -H 'Content-Type: application/json' -H "Authorization: Bearer $BENCH_BEARER" -d "$body" "$base/chat/completions" 2>&1 || true)
+  streamed=$(curl -sS -N --max-time 30 -H 'Content-Type: application/json' -H "Authorization: Bearer $BENCH_BEARER" \
     -d "${body%\}},\"stream\":true}" "$base/chat/completions" 2>&1 || true)
   if [[ $plain != *'"choices"'* || $plain != *'sanity check'* ]]; then
     result="non-stream reply unexpected: ${plain:0:300}"
