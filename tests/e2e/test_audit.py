@@ -198,3 +198,18 @@ def test_kill_9_under_load_loses_no_acknowledged_turn(cluster):
     ).json()
     assert report["ok"] is True, report
     assert report["envelopes"] >= len(acked)
+
+
+def test_readyz_fails_when_the_audit_guards_are_gone(cluster):
+    """A gateway whose audit log lost its append-only guards (for example
+    after a restore) must not take traffic: /readyz says why."""
+    gw, _ = gateway(cluster)
+    assert gw.ops().get("/readyz").status_code == 200
+    db = sqlite3.connect(gw.cwd / "data" / "audit.db")
+    name = db.execute("SELECT name FROM sqlite_master WHERE type='trigger' LIMIT 1").fetchone()[0]
+    db.execute(f"DROP TRIGGER {name}")
+    db.commit()
+    db.close()
+    r = gw.ops().get("/readyz")
+    assert r.status_code == 503, r.text
+    assert "audit log" in r.text and name in r.text
