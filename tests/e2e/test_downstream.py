@@ -14,6 +14,7 @@ verifiable until the old key is removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -363,3 +364,26 @@ def test_principal_key_rotation_with_aibox_keys_rotate(cluster: Cluster):
     assert cluster.run_aibox(["principal", "verify", new, "--audience", "svc"], cwd=cwd, env={}).returncode == 0
     wrong_aud = cluster.run_aibox(["principal", "verify", new, "--audience", "other"], cwd=cwd, env={})
     assert wrong_aud.returncode != 0
+
+
+def test_downstream_calls_are_recorded_in_the_audit_log(cluster):
+    """A request through a downstream route is a turn too: the client gets
+    its turn id, and the receipt exists once the answer arrives."""
+    svc = RecordingServer()
+    cluster._closers.append(svc.close)
+    fake = cluster.fake_upstream()
+    cfg = base_config()
+    cfg["upstreams"] = [fake.upstream()]
+    cfg["routes"] = [{"prefix": "/svc/", "upstream": svc.url, "audience": "svc"}]
+    gw = cluster.aibox(cfg)
+    r = gw.http().post("/svc/echo", content=b"payload")
+    assert r.status_code == 200, r.text
+    turn = r.headers["x-aibox-turn"]
+    assert svc.requests[-1].one("x-aibox-turn") == turn
+    receipt = gw.http().get(f"/v1/audit/receipts/{turn}")
+    assert receipt.status_code == 200, receipt.text
+    events = [json.loads(e) for e in receipt.json()["events"]]
+    assert [e["type"] for e in events] == ["request_received", "upstream_response", "turn_end"]
+    assert events[0]["route"] == "/svc/"
+    assert events[0]["body_sha256"] == hashlib.sha256(b"payload").hexdigest()
+    assert events[1]["upstream"] == "svc" and events[1]["status"] == 200

@@ -13,7 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aibox_config::RouteConfig;
-use aibox_core::{Principal, RequestId, TurnId};
+use aibox_core::audit::{Sha256Hex, TurnStatus};
+use aibox_core::{Principal, RequestId};
+use sha2::{Digest as _, Sha256};
+
+use crate::turn::{TurnLog, record};
 use aibox_identity::{CapGrant, ClientCredentials, TokenRequest};
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
@@ -167,7 +171,11 @@ pub(crate) async fn proxy(
                 "the gateway cannot sign the caller's identity",
             )
         })?;
-    let turn = TurnId::generate();
+    // The body is streamed; its hash is completed as it is forwarded and
+    // set on the turn before the turn is recorded.
+    let mut turn_log = TurnLog::start(&principal, &rid, &cfg.prefix, None, Sha256Hex::of(b""));
+    let turn = turn_log.turn().clone();
+    let body_hash = Arc::new(std::sync::Mutex::new(Sha256::new()));
     let mut headers = HeaderMap::new();
     copy_headers(req.headers(), &mut headers);
     let sensitive = |v: String| {
@@ -253,9 +261,13 @@ pub(crate) async fn proxy(
     let over = Arc::new(AtomicBool::new(false));
     let body = {
         let over = over.clone();
+        let body_hash = body_hash.clone();
         let mut seen = 0usize;
         req.into_body().into_data_stream().and_then(move |chunk| {
             seen = seen.saturating_add(chunk.len());
+            if let Ok(mut h) = body_hash.lock() {
+                h.update(&chunk);
+            }
             let exceeded = seen > limit;
             if exceeded {
                 over.store(true, Ordering::Relaxed);
@@ -278,30 +290,61 @@ pub(crate) async fn proxy(
         .headers(headers)
         .body(body)
         .send();
-    let resp = match tokio::time::timeout(cfg.timeouts.first_byte, send).await {
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_error",
-                "upstream_timeout",
-                format!("the service behind {} did not answer in time", cfg.prefix),
-            ));
-        }
-        Ok(Err(_)) if over.load(Ordering::Relaxed) => return Err(too_large()),
+    let outcome = match tokio::time::timeout(cfg.timeouts.first_byte, send).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_error",
+            "upstream_timeout",
+            format!("the service behind {} did not answer in time", cfg.prefix),
+        )),
+        Ok(Err(_)) if over.load(Ordering::Relaxed) => Err(too_large()),
         Ok(Err(e)) => {
             tracing::warn!(route = %cfg.prefix, error = %e, "downstream request failed");
-            return Err(ApiError::new(
+            Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
                 "upstream_unavailable",
                 format!("the service behind {} is unavailable", cfg.prefix),
-            ));
+            ))
         }
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => Ok(r),
+    };
+    if let Ok(h) = body_hash.lock() {
+        turn_log.set_request_body_sha256(Sha256Hex::from_digest(h.clone().finalize().into()));
+    }
+    // The call is recorded before anything of the answer reaches the client.
+    let resp = match outcome {
+        Err(err) => {
+            turn_log.status_only(&cfg.audience, 0);
+            record(
+                &st,
+                turn_log,
+                TurnStatus::Error {
+                    code: err.code().to_owned(),
+                },
+            )
+            .await?;
+            return Err(err);
+        }
+        Ok(r) => {
+            turn_log.status_only(&cfg.audience, r.status().as_u16());
+            let status = if r.status().is_success() {
+                TurnStatus::Ok
+            } else {
+                TurnStatus::Error {
+                    code: format!("http_{}", r.status().as_u16()),
+                }
+            };
+            record(&st, turn_log, status).await?;
+            r
+        }
     };
     let mut out = Response::builder().status(resp.status());
     if let Some(h) = out.headers_mut() {
         copy_headers(resp.headers(), h);
+        if let Ok(v) = HeaderValue::from_str(turn.as_str()) {
+            h.insert(HeaderName::from_static(TURN_HEADER), v);
+        }
     }
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     out.body(Body::from_stream(stream)).map_err(|_| {

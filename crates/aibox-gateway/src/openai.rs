@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::downstream::TURN_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{ScopeLabels, TokenLabels, UpstreamLabels};
-use crate::turn::TurnLog;
+use crate::turn::{TurnLog, record};
 
 /// A JSON request body: the content type is checked before the body is read,
 /// and the size limit is reported as an OpenAI error.
@@ -194,7 +194,13 @@ async fn proxy(
         return Err(denied.into());
     }
 
-    let turn = TurnLog::start(&principal, &rid, endpoint.route(), Some(&info.model), &body);
+    let turn = TurnLog::start(
+        &principal,
+        &rid,
+        endpoint.route(),
+        Some(&info.model),
+        Sha256Hex::of(&body),
+    );
     let turn_id = turn.turn().clone();
     let result = run_turn(&st, endpoint, &rid, &principal, map, &info, turn).await;
     let mut resp = match result {
@@ -205,21 +211,6 @@ async fn proxy(
         resp.headers_mut().insert(TURN_HEADER, v);
     }
     Ok(resp)
-}
-
-/// Appends a finished turn; a failure is the client's 503, never a silent
-/// loss.
-async fn record(st: &AppState, turn: TurnLog, status: TurnStatus) -> Result<(), ApiError> {
-    let (tenant, turn_id, events) = turn.end(status);
-    st.audit.append_turn(&tenant, Some(turn_id), events).await.map(|_| ()).map_err(|e| {
-        tracing::error!(error = %e, "cannot append the turn to the audit log; failing the request closed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "audit_unavailable",
-            "the answer could not be recorded in the audit log, so it is withheld; retry later",
-        )
-    })
 }
 
 /// What the stream callback needs to finish the turn.

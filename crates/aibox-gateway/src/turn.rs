@@ -13,6 +13,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use aibox_core::audit::{AuditEvent, EventKind, Sha256Hex, TurnStatus, Usage};
 use aibox_core::{Principal, RequestId, TenantId, TurnId};
 use aibox_router::AttemptFailure;
+use axum::http::StatusCode;
+
+use crate::AppState;
+use crate::error::ApiError;
 
 /// The events of one turn so far.
 pub(crate) struct TurnLog {
@@ -41,7 +45,7 @@ impl TurnLog {
         rid: &RequestId,
         route: &str,
         model: Option<&str>,
-        body: &[u8],
+        body_sha256: Sha256Hex,
     ) -> Self {
         let turn = TurnId::generate();
         let mut log = Self {
@@ -57,7 +61,7 @@ impl TurnLog {
             auth: principal.auth.clone(),
             route: route.to_owned(),
             model: model.map(str::to_owned),
-            body_sha256: Sha256Hex::of(body),
+            body_sha256,
             content: None,
         });
         log
@@ -114,6 +118,31 @@ impl TurnLog {
         });
     }
 
+    /// Sets the request body hash once a streamed body has been forwarded.
+    pub(crate) fn set_request_body_sha256(&mut self, hash: Sha256Hex) {
+        if let Some(AuditEvent {
+            kind: EventKind::RequestReceived { body_sha256, .. },
+            ..
+        }) = self.events.first_mut()
+        {
+            *body_sha256 = hash;
+        }
+    }
+
+    /// Records a downstream service's answer (its body is streamed to the
+    /// client and not hashed).
+    pub(crate) fn status_only(&mut self, service: &str, status: u16) {
+        self.push(EventKind::UpstreamResponse {
+            upstream: service.to_owned(),
+            model: String::new(),
+            status,
+            attempt: 1,
+            body_sha256: None,
+            usage: None,
+            duration_ms: millis(self.started),
+        });
+    }
+
     /// Ends the turn; returns what to append.
     pub(crate) fn end(mut self, status: TurnStatus) -> (TenantId, TurnId, Vec<AuditEvent>) {
         let duration_ms = millis(self.started);
@@ -123,4 +152,23 @@ impl TurnLog {
         });
         (self.tenant, self.turn, self.events)
     }
+}
+
+/// Appends a finished turn; a failure is the client's 503, never a silent
+/// loss.
+pub(crate) async fn record(
+    st: &AppState,
+    turn: TurnLog,
+    status: TurnStatus,
+) -> Result<(), ApiError> {
+    let (tenant, turn_id, events) = turn.end(status);
+    st.audit.append_turn(&tenant, Some(turn_id), events).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "cannot append the turn to the audit log; failing the request closed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "audit_unavailable",
+            "the answer could not be recorded in the audit log, so it is withheld; retry later",
+        )
+    })
 }
