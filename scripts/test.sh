@@ -10,10 +10,12 @@ cargo test --workspace
 
 cargo build -p aibox -p fake-upstream
 
-# The venv is (re)installed whenever a pinned package is missing.
-if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c 'import openai, httpx, redis, pytest, jwt, cryptography, psycopg' 2>/dev/null; then
+# The venv is (re)installed whenever the pinned requirements change.
+want="$(sha256sum tests/e2e/requirements.txt | cut -d' ' -f1)"
+if [ ! -x .venv/bin/pytest ] || [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$want" ]; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+  echo "$want" > .venv/.requirements.sha256
 fi
 
 # The real OIDC provider (oidc-provider from the npm registry) for identity tests.

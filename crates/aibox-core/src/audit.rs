@@ -188,6 +188,9 @@ pub enum EventKind {
         outcome: ToolOutcome,
         /// Wall time in milliseconds.
         duration_ms: u64,
+        /// The model turn whose CapToken authorised the call, when one did.
+        /// The tool call is recorded as its own turn; this links the two.
+        parent_turn: Option<TurnId>,
     },
     /// An upstream model answered (or failed to).
     UpstreamResponse {

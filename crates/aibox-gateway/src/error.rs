@@ -202,6 +202,46 @@ impl From<Denied> for ApiError {
     }
 }
 
+impl From<aibox_store::vault::VaultStoreError> for ApiError {
+    fn from(e: aibox_store::vault::VaultStoreError) -> Self {
+        use aibox_store::vault::VaultStoreError as E;
+        use aibox_vault::VaultError as V;
+        match &e {
+            E::Vault(V::BadName(_)) => {
+                let mut out = ApiError::bad_request(e.to_string(), None);
+                out.code = "invalid_secret_name";
+                out
+            }
+            E::Vault(V::TooLarge(_)) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "secret_too_large",
+                e.to_string(),
+            ),
+            E::Store(_) => {
+                tracing::error!(error = %e, "the vault's store failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "vault_unavailable",
+                    "the vault cannot answer right now; retry later",
+                )
+            }
+            // Key and integrity failures are the operator's to fix; the
+            // message names the key version and the fix, never a value.
+            _ => {
+                tracing::error!(error = %e, "a vault secret cannot be opened");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "vault_key_error",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod metrics;
 mod openai;
 mod ops;
 mod turn;
+mod vault;
 
 use std::sync::Arc;
 
@@ -56,14 +57,18 @@ pub struct AppState {
     pub captoken_minter: CapTokenMinter,
     /// Downstream routes, in config order.
     pub downstreams: Vec<downstream::Downstream>,
+    /// Per-user secrets.
+    pub vault: aibox_store::vault::Vault,
 }
 
-/// The keyrings the gateway signs with.
+/// The keyrings the gateway signs and encrypts with.
 pub struct SigningKeys {
     /// `AIBOX_PRINCIPAL_KEYS`.
     pub principal: Keyring,
     /// `AIBOX_CAPTOKEN_KEYS`.
     pub captoken: Keyring,
+    /// `SECRETS_MASTER_KEY`, which wraps the vault's data keys.
+    pub secrets_master: Keyring,
 }
 
 /// Why the gateway could not be assembled.
@@ -112,7 +117,9 @@ impl AppState {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let vault = aibox_store::vault::Vault::new(store.clone(), keys.secrets_master.clone());
         Ok(Self {
+            vault,
             config,
             router,
             limiter,
@@ -143,6 +150,11 @@ pub fn main_router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/v1/secrets", get(vault::list))
+        .route(
+            "/v1/secrets/{name}",
+            get(vault::get).put(vault::put).delete(vault::delete),
+        )
         .route("/v1/audit/receipts/{turn_id}", get(audit::receipt))
         .route("/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/v1/audit/consistency", get(audit::consistency))

@@ -82,6 +82,11 @@ impl TurnLog {
         });
     }
 
+    /// Records an event of another part (the vault, the MCP gateway).
+    pub(crate) fn event(&mut self, kind: EventKind) {
+        self.push(kind);
+    }
+
     /// Records targets that failed before one answered (or all failed).
     pub(crate) fn failures(&mut self, failures: &[AttemptFailure]) {
         for (i, f) in failures.iter().enumerate() {

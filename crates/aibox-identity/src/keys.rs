@@ -14,6 +14,8 @@ pub enum KeyringKind {
     Principal,
     /// `AIBOX_CAPTOKEN_KEYS`: signs per-turn CapTokens.
     CapToken,
+    /// `SECRETS_MASTER_KEY`: wraps the vault's data keys.
+    SecretsMaster,
 }
 
 impl KeyringKind {
@@ -22,6 +24,7 @@ impl KeyringKind {
         match self {
             Self::Principal => "AIBOX_PRINCIPAL_KEYS",
             Self::CapToken => "AIBOX_CAPTOKEN_KEYS",
+            Self::SecretsMaster => "SECRETS_MASTER_KEY",
         }
     }
 
@@ -33,6 +36,9 @@ impl KeyringKind {
                 "Verify AIBOX_PRINCIPAL_KEYS are shared between gateway and services"
             }
             Self::CapToken => "Verify AIBOX_CAPTOKEN_KEYS are shared by turn-aware services",
+            Self::SecretsMaster => {
+                "Set SECRETS_MASTER_KEY (aibox bootstrap writes one) and keep every version that still wraps a secret"
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod vault;
 
 use std::path::{Path, PathBuf};
 
@@ -130,6 +131,62 @@ pub struct ApiKeyRecord {
     pub revoked_ms: Option<i64>,
 }
 
+/// A vault secret as stored: ciphertext only (see the `aibox-vault` crate).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    /// The owner's tenant.
+    pub tenant: TenantId,
+    /// The owner.
+    pub user: UserId,
+    /// The secret's name.
+    pub name: String,
+    /// The `SECRETS_MASTER_KEY` version that wraps the data key.
+    pub master_kid: String,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
+    /// The sealed value.
+    pub ciphertext: Vec<u8>,
+    /// Unix milliseconds of the first write.
+    pub created_ms: i64,
+    /// Unix milliseconds of the last write.
+    pub updated_ms: i64,
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret")
+            .field("tenant", &self.tenant)
+            .field("user", &self.user)
+            .field("name", &self.name)
+            .field("master_kid", &self.master_kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret's metadata, for listings: never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    /// The name.
+    pub name: String,
+    /// The master key version that wraps it.
+    pub master_kid: String,
+    /// Unix milliseconds of the first write.
+    pub created_ms: i64,
+    /// Unix milliseconds of the last write.
+    pub updated_ms: i64,
+}
+
+/// A re-wrapped data key to store, conditional on the row being unchanged.
+#[derive(Debug, Clone)]
+pub struct Rewrap<'a> {
+    /// The row as it was read.
+    pub old: &'a StoredSecret,
+    /// The new master key version.
+    pub master_kid: &'a str,
+    /// The data key wrapped under it.
+    pub wrapped_key: &'a [u8],
+}
+
 /// Handle to the store. Cloning is cheap and shares the backend.
 #[derive(Clone)]
 pub struct Store {
@@ -222,6 +279,61 @@ impl Store {
     pub async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         dispatch!(self, b => b.revoke_api_key(id, now_ms).await)
     }
+
+    /// Stores a vault secret, replacing one of the same owner and name.
+    pub async fn put_secret(&self, rec: StoredSecret) -> Result<(), StoreError> {
+        dispatch!(self, b => b.put_secret(rec).await)
+    }
+
+    /// Reads a vault secret.
+    pub async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        name: &str,
+    ) -> Result<Option<StoredSecret>, StoreError> {
+        dispatch!(self, b => b.get_secret(tenant, user, name).await)
+    }
+
+    /// Deletes a vault secret; false when there was none.
+    pub async fn delete_secret(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.delete_secret(tenant, user, name).await)
+    }
+
+    /// Lists one owner's secrets by name.
+    pub async fn list_secrets(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        dispatch!(self, b => b.list_secrets(tenant, user).await)
+    }
+
+    /// Up to `limit` secrets whose data key is not wrapped under `kid`, for
+    /// a master key rotation.
+    pub async fn secrets_not_under(
+        &self,
+        kid: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredSecret>, StoreError> {
+        dispatch!(self, b => b.secrets_not_under(kid, limit).await)
+    }
+
+    /// Stores a re-wrapped data key if the row is still as it was read;
+    /// false when it changed meanwhile (a concurrent write wins).
+    pub async fn rewrap_secret(&self, rw: Rewrap<'_>) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.rewrap_secret(rw).await)
+    }
+
+    /// How many secrets each master key version wraps.
+    pub async fn secrets_per_master_kid(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        dispatch!(self, b => b.secrets_per_master_kid().await)
+    }
 }
 
 /// Builds a record from stored columns, validating the identities again.
@@ -256,4 +368,28 @@ pub(crate) fn api_key_record(
 /// Converts a token count for a signed database column.
 pub(crate) fn count_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Builds a secret row from stored columns, validating the identities again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn secret_record(
+    tenant: String,
+    user: String,
+    name: String,
+    master_kid: String,
+    wrapped_key: Vec<u8>,
+    ciphertext: Vec<u8>,
+    created_ms: i64,
+    updated_ms: i64,
+) -> Result<StoredSecret, StoreError> {
+    Ok(StoredSecret {
+        tenant: TenantId::new(tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        user: UserId::new(user).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        name,
+        master_kid,
+        wrapped_key,
+        ciphertext,
+        created_ms,
+        updated_ms,
+    })
 }

@@ -12,7 +12,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
-use crate::{ApiKeyRecord, StoreError, UsageRecord, UsageTotals};
+use crate::{ApiKeyRecord, Rewrap, SecretMeta, StoreError, StoredSecret, UsageRecord, UsageTotals};
 
 /// A lock id private to aibox migrations (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x6169_626f_785f_6d67;
@@ -43,6 +43,19 @@ const MIGRATIONS: &[&str] = &[
         expires_ms BIGINT,
         revoked_ms BIGINT
     );",
+    // 3: vault secrets (ciphertext and wrapped data keys only).
+    "CREATE TABLE vault_secrets (
+        tenant TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        master_kid TEXT NOT NULL,
+        wrapped_key BYTEA NOT NULL,
+        ciphertext BYTEA NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (tenant, user_id, name)
+    );
+    CREATE INDEX vault_by_master_kid ON vault_secrets (master_kid);",
 ];
 
 enum Cmd {
@@ -219,6 +232,169 @@ impl PgStore {
             .map_err(pg_err)?;
         Ok(n == 1)
     }
+}
+
+const SECRET_COLUMNS: &str =
+    "tenant, user_id, name, master_kid, wrapped_key, ciphertext, created_ms, updated_ms";
+
+impl PgStore {
+    pub(crate) async fn put_secret(&self, rec: StoredSecret) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO vault_secrets (tenant, user_id, name, master_kid, wrapped_key, ciphertext, created_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (tenant, user_id, name) DO UPDATE SET
+               master_kid = EXCLUDED.master_kid, wrapped_key = EXCLUDED.wrapped_key,
+               ciphertext = EXCLUDED.ciphertext, updated_ms = EXCLUDED.updated_ms",
+            &[
+                &rec.tenant.as_str(),
+                &rec.user.as_str(),
+                &rec.name,
+                &rec.master_kid,
+                &rec.wrapped_key,
+                &rec.ciphertext,
+                &rec.updated_ms,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        name: &str,
+    ) -> Result<Option<StoredSecret>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {SECRET_COLUMNS} FROM vault_secrets WHERE tenant = $1 AND user_id = $2 AND name = $3"
+                ),
+                &[&tenant.as_str(), &user.as_str(), &name],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.first().map(secret_row).transpose()
+    }
+
+    pub(crate) async fn delete_secret(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM vault_secrets WHERE tenant = $1 AND user_id = $2 AND name = $3",
+                &[&tenant.as_str(), &user.as_str(), &name],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn list_secrets(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT name, master_kid, created_ms, updated_ms FROM vault_secrets
+                 WHERE tenant = $1 AND user_id = $2 ORDER BY name",
+                &[&tenant.as_str(), &user.as_str()],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecretMeta {
+                    name: r.try_get(0).map_err(pg_err)?,
+                    master_kid: r.try_get(1).map_err(pg_err)?,
+                    created_ms: r.try_get(2).map_err(pg_err)?,
+                    updated_ms: r.try_get(3).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn secrets_not_under(
+        &self,
+        kid: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredSecret>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {SECRET_COLUMNS} FROM vault_secrets WHERE master_kid <> $1
+                     ORDER BY tenant, user_id, name LIMIT $2"
+                ),
+                &[&kid, &i64::from(limit)],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(secret_row).collect()
+    }
+
+    pub(crate) async fn rewrap_secret(&self, rw: Rewrap<'_>) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let old = rw.old;
+        let n = c
+            .execute(
+                "UPDATE vault_secrets SET master_kid = $5, wrapped_key = $6
+                 WHERE tenant = $1 AND user_id = $2 AND name = $3 AND master_kid = $4
+                   AND wrapped_key = $7 AND ciphertext = $8",
+                &[
+                    &old.tenant.as_str(),
+                    &old.user.as_str(),
+                    &old.name,
+                    &old.master_kid,
+                    &rw.master_kid,
+                    &rw.wrapped_key,
+                    &old.wrapped_key,
+                    &old.ciphertext,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn secrets_per_master_kid(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT master_kid, COUNT(*)::BIGINT FROM vault_secrets GROUP BY master_kid ORDER BY master_kid",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get(1).map_err(pg_err)?;
+                Ok((r.try_get(0).map_err(pg_err)?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+}
+
+fn secret_row(r: &tokio_postgres::Row) -> Result<StoredSecret, StoreError> {
+    crate::secret_record(
+        r.try_get(0).map_err(pg_err)?,
+        r.try_get(1).map_err(pg_err)?,
+        r.try_get(2).map_err(pg_err)?,
+        r.try_get(3).map_err(pg_err)?,
+        r.try_get(4).map_err(pg_err)?,
+        r.try_get(5).map_err(pg_err)?,
+        r.try_get(6).map_err(pg_err)?,
+        r.try_get(7).map_err(pg_err)?,
+    )
 }
 
 fn api_key_row(r: &tokio_postgres::Row) -> Result<ApiKeyRecord, StoreError> {

@@ -19,7 +19,7 @@ use aibox_core::{TenantId, UserId};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::{ApiKeyRecord, StoreError, UsageRecord, UsageTotals};
+use crate::{ApiKeyRecord, Rewrap, SecretMeta, StoreError, StoredSecret, UsageRecord, UsageTotals};
 
 /// The SQLite backend. Cloning shares the writer and the reader.
 #[derive(Clone)]
@@ -65,6 +65,19 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER,
         revoked_ms INTEGER
     );",
+    // 3: vault secrets (ciphertext and wrapped data keys only).
+    "CREATE TABLE vault_secrets (
+        tenant TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        master_kid TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, user_id, name)
+    );
+    CREATE INDEX vault_by_master_kid ON vault_secrets (master_kid);",
 ];
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -225,6 +238,155 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn put_secret(&self, rec: StoredSecret) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO vault_secrets (tenant, user_id, name, master_kid, wrapped_key, ciphertext, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT (tenant, user_id, name) DO UPDATE SET
+                   master_kid = excluded.master_kid, wrapped_key = excluded.wrapped_key,
+                   ciphertext = excluded.ciphertext, updated_ms = excluded.updated_ms",
+                (
+                    rec.tenant.as_str(),
+                    rec.user.as_str(),
+                    &rec.name,
+                    &rec.master_kid,
+                    &rec.wrapped_key,
+                    &rec.ciphertext,
+                    rec.updated_ms,
+                ),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        name: &str,
+    ) -> Result<Option<StoredSecret>, StoreError> {
+        let (t, u, n) = (
+            tenant.as_str().to_owned(),
+            user.as_str().to_owned(),
+            name.to_owned(),
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, user_id, name, master_kid, wrapped_key, ciphertext, created_ms, updated_ms
+                 FROM vault_secrets WHERE tenant = ?1 AND user_id = ?2 AND name = ?3",
+            )?;
+            let mut rows = stmt.query_map((&t, &u, &n), secret_row)?;
+            rows.next().transpose().map_err(StoreError::from)?.transpose()
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_secret(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        let (t, u, n) = (
+            tenant.as_str().to_owned(),
+            user.as_str().to_owned(),
+            name.to_owned(),
+        );
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM vault_secrets WHERE tenant = ?1 AND user_id = ?2 AND name = ?3",
+                (&t, &u, &n),
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn list_secrets(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        let (t, u) = (tenant.as_str().to_owned(), user.as_str().to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, master_kid, created_ms, updated_ms FROM vault_secrets
+                 WHERE tenant = ?1 AND user_id = ?2 ORDER BY name",
+            )?;
+            let rows = stmt.query_map((&t, &u), |r| {
+                Ok(SecretMeta {
+                    name: r.get(0)?,
+                    master_kid: r.get(1)?,
+                    created_ms: r.get(2)?,
+                    updated_ms: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(crate) async fn secrets_not_under(
+        &self,
+        kid: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredSecret>, StoreError> {
+        let kid = kid.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, user_id, name, master_kid, wrapped_key, ciphertext, created_ms, updated_ms
+                 FROM vault_secrets WHERE master_kid <> ?1 ORDER BY tenant, user_id, name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map((&kid, limit), secret_row)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn rewrap_secret(&self, rw: Rewrap<'_>) -> Result<bool, StoreError> {
+        let old = rw.old.clone();
+        let (kid, wrapped) = (rw.master_kid.to_owned(), rw.wrapped_key.to_vec());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE vault_secrets SET master_kid = ?5, wrapped_key = ?6
+                 WHERE tenant = ?1 AND user_id = ?2 AND name = ?3 AND master_kid = ?4
+                   AND wrapped_key = ?7 AND ciphertext = ?8",
+                (
+                    old.tenant.as_str(),
+                    old.user.as_str(),
+                    &old.name,
+                    &old.master_kid,
+                    &kid,
+                    &wrapped,
+                    &old.wrapped_key,
+                    &old.ciphertext,
+                ),
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(crate) async fn secrets_per_master_kid(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT master_kid, COUNT(*) FROM vault_secrets GROUP BY master_kid ORDER BY master_kid",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let n: i64 = r.get(1)?;
+                Ok((r.get::<_, String>(0)?, u64::try_from(n).unwrap_or(0)))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Queues a usage record. Never blocks; a record queued before
     /// [`SqliteStore::flush`] returns is durable after it.
     pub(crate) fn record_usage(&self, rec: UsageRecord) {
@@ -276,6 +438,20 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Maps a vault row, validating the owner again.
+fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredSecret, StoreError>> {
+    Ok(crate::secret_record(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
 }
 
 /// Maps a row to a record; a tenant or user that no longer validates is an

@@ -144,3 +144,80 @@ async fn unreachable_postgres_names_the_target_not_the_password() {
     assert!(err.contains("AIBOX_DATABASE_URL"), "{err}");
     assert!(!err.contains("s3cretpw"), "{err}");
 }
+
+/// Issue 7: the vault on PostgreSQL: round trip, a row moved to another
+/// owner, and a master rotation interrupted half-way then resumed.
+#[tokio::test]
+async fn vault_round_trip_and_resumable_rotation_on_real_postgres() {
+    use aibox_core::keyring::{KeyEntry, Keyring};
+    use aibox_store::vault::{Vault, VaultStoreError};
+
+    fn ring(entries: &[(&str, u8)]) -> Keyring {
+        Keyring::from_entries(
+            entries
+                .iter()
+                .map(|(id, b)| KeyEntry::new(*id, vec![*b; 32]).unwrap())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    let db = TempDb::new().await;
+    let store = Store::connect_postgres(&db.url()).await.unwrap();
+    let t = TenantId::new("acme").unwrap();
+    let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+    let v1 = Vault::new(store.clone(), ring(&[("v1", 1)]));
+    for i in 0..12 {
+        v1.put(
+            &t,
+            &alice,
+            &format!("k{i}"),
+            format!("value-{i}").as_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        v1.get(&t, &alice, "k3").await.unwrap().unwrap().as_slice(),
+        b"value-3"
+    );
+    assert!(v1.get(&t, &bob, "k3").await.unwrap().is_none());
+
+    // A row copied to Bob does not open for Bob.
+    let mut row = store.get_secret(&t, &alice, "k0").await.unwrap().unwrap();
+    row.user = bob.clone();
+    store.put_secret(row).await.unwrap();
+    assert!(v1.get(&t, &bob, "k0").await.is_err());
+    assert!(store.delete_secret(&t, &bob, "k0").await.unwrap());
+
+    let v2 = Vault::new(store.clone(), ring(&[("v2", 2), ("v1", 1)]));
+    assert_eq!(v2.rewrap_batch(5).await.unwrap().rewrapped, 5);
+    for i in 0..12 {
+        assert_eq!(
+            v2.get(&t, &alice, &format!("k{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            format!("value-{i}").as_bytes()
+        );
+    }
+    assert!(matches!(
+        v2.check_retirable("v1").await,
+        Err(VaultStoreError::InUse { count: 7, .. })
+    ));
+    while v2.rewrap_batch(5).await.unwrap().rewrapped > 0 {}
+    v2.check_retirable("v1").await.unwrap();
+    let only_v2 = Vault::new(store.clone(), ring(&[("v2", 2)]));
+    assert_eq!(
+        only_v2
+            .get(&t, &alice, "k11")
+            .await
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+        b"value-11"
+    );
+    drop(store);
+    db.drop_db().await;
+}

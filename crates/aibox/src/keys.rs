@@ -22,6 +22,9 @@ pub enum Which {
     /// `AUDIT_SIGNING_KEY` (a single secret; the audit log records the
     /// public keys of every version, so old records keep verifying).
     Audit,
+    /// `SECRETS_MASTER_KEY`: a new version, then every vault data key is
+    /// re-wrapped under it (resumable).
+    SecretsMaster,
 }
 
 impl Which {
@@ -30,6 +33,7 @@ impl Which {
             Which::Principal => env::AIBOX_PRINCIPAL_KEYS,
             Which::Captoken => env::AIBOX_CAPTOKEN_KEYS,
             Which::Audit => env::AUDIT_SIGNING_KEY,
+            Which::SecretsMaster => env::SECRETS_MASTER_KEY,
         }
     }
 }

@@ -8,6 +8,7 @@ mod devkeys;
 mod envfile;
 mod keys;
 mod serve;
+mod vaultkeys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,14 +145,38 @@ enum ReceiptCommand {
 enum KeysCommand {
     /// Show key ids and fingerprints of every keyring (never key material).
     List,
-    /// Put a new signing key in front of a keyring, keeping the old ones.
+    /// Put a new signing key in front of a keyring, keeping the old ones
+    /// (for secrets-master, then re-wrap every vault secret; resumable).
     Rotate {
         /// Which keyring.
         which: keys::Which,
         /// The environment file holding the keyring.
         #[arg(long, default_value = ".env")]
         env_file: PathBuf,
+        /// The config file naming the database (secrets-master only).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
+    /// Remove an old SECRETS_MASTER_KEY version once no secret uses it.
+    Retire {
+        /// Which keyring (only secrets-master needs a check before removal).
+        which: RetireWhich,
+        /// The key id to remove.
+        kid: String,
+        /// The environment file holding the keyring.
+        #[arg(long, default_value = ".env")]
+        env_file: PathBuf,
+        /// The config file naming the database.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Keyrings whose versions can be retired.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RetireWhich {
+    /// `SECRETS_MASTER_KEY`.
+    SecretsMaster,
 }
 
 #[derive(Subcommand)]
@@ -189,9 +214,21 @@ fn main() -> ExitCode {
         Command::Apikey { config, command } => apikey_command(config, command),
         Command::Keys { command } => match command {
             KeysCommand::List => environment().and_then(|env| keys::list(&env)),
-            KeysCommand::Rotate { which, env_file } => {
-                keys::check_env_file(&env_file).and_then(|()| keys::rotate(which, &env_file))
-            }
+            KeysCommand::Rotate {
+                which: keys::Which::SecretsMaster,
+                env_file,
+                config,
+            } => keys::check_env_file(&env_file).and_then(|()| vault_keys(config, &env_file, None)),
+            KeysCommand::Rotate {
+                which, env_file, ..
+            } => keys::check_env_file(&env_file).and_then(|()| keys::rotate(which, &env_file)),
+            KeysCommand::Retire {
+                which: RetireWhich::SecretsMaster,
+                kid,
+                env_file,
+                config,
+            } => keys::check_env_file(&env_file)
+                .and_then(|()| vault_keys(config, &env_file, Some(&kid))),
         },
         Command::Audit { config, command } => audit_command(config, command),
         Command::Principal {
@@ -236,6 +273,29 @@ fn apikey_command(config: Option<PathBuf>, command: ApikeyCommand) -> anyhow::Re
             } => apikey::create(&cfg, &tenant, &user, &roles, expires.as_deref()).await,
             ApikeyCommand::List { tenant } => apikey::list(&cfg, tenant.as_deref()).await,
             ApikeyCommand::Revoke { id } => apikey::revoke(&cfg, &id).await,
+        }
+    })
+}
+
+/// Rotates (`retire: None`) or retires a `SECRETS_MASTER_KEY` version, on
+/// the database the config names.
+fn vault_keys(
+    config: Option<PathBuf>,
+    env_file: &std::path::Path,
+    retire: Option<&str>,
+) -> anyhow::Result<()> {
+    let process = aibox_config::env::process_env();
+    let mut effective = process.clone();
+    aibox_config::env::merge_dotenv(env_file, &mut effective)?;
+    let cfg = aibox_config::load(config.as_deref(), &effective)?;
+    devkeys::ensure(&cfg.server.data_dir, &mut effective)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match retire {
+            None => vaultkeys::rotate(&cfg, &process, &effective, env_file).await,
+            Some(kid) => vaultkeys::retire(&cfg, &process, &effective, env_file, kid).await,
         }
     })
 }

@@ -63,6 +63,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             env.get(aibox_config::env::AIBOX_CAPTOKEN_KEYS)
                 .map(String::as_str),
         )?,
+        secrets_master: load_keyring(
+            KeyringKind::SecretsMaster,
+            env.get(aibox_config::env::SECRETS_MASTER_KEY)
+                .map(String::as_str),
+        )?,
     };
     let audit_key = aibox_core::Secret::new(
         env.get(aibox_config::env::AUDIT_SIGNING_KEY)
