@@ -4,6 +4,7 @@
 
 mod apikey;
 mod audit;
+mod bootstrap;
 mod devkeys;
 mod envfile;
 mod keys;
@@ -41,6 +42,21 @@ enum Command {
         command: ApikeyCommand,
     },
     /// List and rotate the signing keyrings.
+    /// Write strong random values for every secret of the stack into the
+    /// env file (mode 0600), keeping real values and replacing placeholders;
+    /// prints names only. Idempotent.
+    Bootstrap {
+        /// The env file.
+        #[arg(long, default_value = ".env")]
+        env_file: PathBuf,
+        /// The gateway config whose routes and service_auth name services
+        /// (default: $AIBOX_CONFIG, else deploy/config/gateway/config.yaml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// More services that need a SERVICE_<NAME>_CLIENT_SECRET.
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -230,6 +246,11 @@ fn main() -> ExitCode {
             } => keys::check_env_file(&env_file)
                 .and_then(|()| vault_keys(config, &env_file, Some(&kid))),
         },
+        Command::Bootstrap {
+            env_file,
+            config,
+            services,
+        } => bootstrap_command(&env_file, config, &services),
         Command::Audit { config, command } => audit_command(config, command),
         Command::Principal {
             command:
@@ -298,6 +319,30 @@ fn vault_keys(
             Some(kid) => vaultkeys::retire(&cfg, &process, &effective, env_file, kid).await,
         }
     })
+}
+
+fn bootstrap_command(
+    env_file: &std::path::Path,
+    config: Option<PathBuf>,
+    services: &[String],
+) -> anyhow::Result<()> {
+    keys::check_env_file(env_file)?;
+    let path = config
+        .or_else(|| std::env::var_os(aibox_config::env::AIBOX_CONFIG).map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from(aibox_config::DEFAULT_CONFIG_PATH);
+            p.exists().then_some(p)
+        });
+    let yaml = match &path {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let outcome = bootstrap::run(yaml.as_deref(), env_file, services)?;
+    bootstrap::report(env_file, &outcome);
+    Ok(())
 }
 
 fn audit_command(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<()> {
