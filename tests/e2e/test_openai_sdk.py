@@ -63,12 +63,17 @@ def test_non_streaming_chat_returns_the_upstream_reply(gw):
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens > 0
 
 
+LONG = " ".join(["hello streaming world"] * 40)
+
+
 def test_streaming_chat_chunks_concatenate_to_the_reply(gw):
     client = gw.client()
     messages = [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "hello streaming world"},
+        {"role": "user", "content": LONG},
     ]
+    # Long enough to pass the output guardrail's hold-back window (256 bytes
+    # in the standard profile) several times, so it streams in pieces.
     stream = client.chat.completions.create(model="chat", messages=messages, stream=True)
     pieces, finish = [], None
     for chunk in stream:
@@ -78,7 +83,7 @@ def test_streaming_chat_chunks_concatenate_to_the_reply(gw):
                 pieces.append(choice.delta.content)
             finish = choice.finish_reason or finish
     assert len(pieces) > 1, "expected the reply in several chunks"
-    assert "".join(pieces) == "up1: hello streaming world"
+    assert "".join(pieces) == "up1: " + LONG
     assert finish == "stop"
 
 

@@ -42,6 +42,11 @@ pub const AIBOX_PRINCIPAL_KEYS: &str = "AIBOX_PRINCIPAL_KEYS";
 pub const AIBOX_CAPTOKEN_KEYS: &str = "AIBOX_CAPTOKEN_KEYS";
 /// The vault master keyring (seed 000 §1).
 pub const SECRETS_MASTER_KEY: &str = "SECRETS_MASTER_KEY";
+/// The guardrail constitution file (default
+/// `deploy/config/guardrail/constitution.yaml` when it exists).
+pub const AIBOX_CONSTITUTION: &str = "AIBOX_CONSTITUTION";
+/// The default constitution path, relative to the working directory.
+pub const DEFAULT_CONSTITUTION_PATH: &str = "deploy/config/guardrail/constitution.yaml";
 
 /// A snapshot of the environment. Loading reads from a snapshot rather than
 /// from the process environment so that tests can give each case its own.

@@ -55,7 +55,23 @@ fn same_header(a: &[u8], b: &[u8]) -> bool {
 /// The edge middleware.
 pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    // A CapToken the client presents (an agent calling `/mcp` within a turn)
+    // is a credential to verify, not an identity to trust: it is taken out
+    // of the headers with every other `X-Aibox-*` and handed on only as an
+    // extension, which the MCP gateway verifies. Two copies mean none.
+    let mut presented = req
+        .headers()
+        .get_all(crate::downstream::CAPTOKEN_HEADER)
+        .iter();
+    let captoken = match (presented.next(), presented.next()) {
+        (Some(v), None) => v.to_str().ok().map(str::to_owned),
+        _ => None,
+    };
     strip_identity_headers(req.headers_mut(), state.auth.strip_headers());
+    if let Some(token) = captoken {
+        req.extensions_mut()
+            .insert(aibox_mcp::PresentedCapToken(token));
+    }
     let rid = req
         .headers()
         .get(&X_REQUEST_ID)

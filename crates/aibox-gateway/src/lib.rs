@@ -12,9 +12,11 @@ pub mod auth;
 pub mod downstream;
 pub mod edge;
 pub mod error;
+pub mod guard;
+pub mod mcp;
 pub mod metrics;
 mod openai;
-mod ops;
+pub mod ops;
 mod turn;
 mod vault;
 
@@ -59,6 +61,12 @@ pub struct AppState {
     pub downstreams: Vec<downstream::Downstream>,
     /// Per-user secrets.
     pub vault: aibox_store::vault::Vault,
+    /// The guardrail (swapped on reload).
+    pub guardrail: Arc<guard::GuardrailHandle>,
+    /// `OPS_CONTROLLER_TOKEN`, required by state-changing ops endpoints when set.
+    pub ops_token: Option<aibox_core::Secret>,
+    /// The MCP tool gateway, mounted at `/mcp` when set.
+    pub mcp: Option<Arc<aibox_mcp::McpGateway>>,
 }
 
 /// The keyrings the gateway signs and encrypts with.
@@ -97,6 +105,7 @@ impl AppState {
         audit: AuditLog,
         keys: &SigningKeys,
         service: Option<Arc<ClientCredentials>>,
+        guardrail: Arc<guard::GuardrailHandle>,
     ) -> Result<Self, SetupError> {
         let auth = auth::Authenticator::new(&config.auth, store.clone())?;
         let principal_signer = match config.principal.algorithm {
@@ -120,6 +129,9 @@ impl AppState {
         let vault = aibox_store::vault::Vault::new(store.clone(), keys.secrets_master.clone());
         Ok(Self {
             vault,
+            guardrail,
+            ops_token: None,
+            mcp: None,
             config,
             router,
             limiter,
@@ -138,6 +150,9 @@ impl AppState {
 pub fn main_router(state: Arc<AppState>) -> Router {
     let max_body = state.config.server.max_body_bytes;
     let mut router = Router::new();
+    if let Some(mcp) = &state.mcp {
+        router = router.route_service(aibox_mcp::MCP_PATH, aibox_mcp::router(mcp.clone()));
+    }
     for d in &state.downstreams {
         // The prefix itself and everything below it; the handler picks the
         // route by prefix again, so both shapes reach the same config.
@@ -176,5 +191,6 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/reload/constitution", post(ops::reload_constitution))
         .with_state(state)
 }

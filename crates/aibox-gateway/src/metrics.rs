@@ -71,6 +71,8 @@ pub struct Metrics {
     pub inflight: Gauge,
     /// Times the Redis limiter fell back to memory.
     pub limiter_fallbacks: Gauge<u64, AtomicU64>,
+    /// Requests and streams refused by the guardrail.
+    pub guardrail_blocks: Counter,
 }
 
 impl Metrics {
@@ -117,7 +119,14 @@ impl Metrics {
             "Rate-limit decisions taken in memory because Redis was unreachable",
             limiter_fallbacks.clone(),
         );
+        let guardrail_blocks = Counter::default();
+        registry.register(
+            "guardrail_blocks",
+            "Requests and streams refused by the guardrail",
+            guardrail_blocks.clone(),
+        );
         Self {
+            guardrail_blocks,
             registry,
             requests,
             latency,

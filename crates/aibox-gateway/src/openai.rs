@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::downstream::TURN_HEADER;
 use crate::error::ApiError;
+use crate::guard;
 use crate::metrics::{ScopeLabels, TokenLabels, UpstreamLabels};
 use crate::turn::{TurnLog, record};
 
@@ -23,10 +24,32 @@ use crate::turn::{TurnLog, record};
 /// and the size limit is reported as an OpenAI error.
 pub(crate) struct JsonBody(Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+/// How much of an oversized body is read and discarded before the 413 goes
+/// out, and for how long. Closing a socket with unread request bytes makes
+/// the kernel send a reset, which can reach the client before the 413 does
+/// (clients then report "server disconnected" instead of the error).
+const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+impl FromRequest<Arc<AppState>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let ct = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -44,17 +67,40 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ),
             ));
         }
-        match Bytes::from_request(req, state).await {
+        let limit = state.config.server.max_body_bytes;
+        let (_, body) = req.into_parts();
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        let mut too_large = false;
+        {
+            use http_body_util::BodyExt as _;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    ApiError::bad_request(format!("cannot read the request body: {e}"), None)
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    if buf.len() + data.len() > limit {
+                        too_large = true;
+                        break;
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+        }
+        if too_large {
+            drain(body).await;
+        }
+        match if too_large {
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        } else {
+            Ok(buf.freeze())
+        } {
             Ok(b) => Ok(JsonBody(b)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+            Err(_) => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "request_too_large",
                 "the request body exceeds server.max_body_bytes (AIBOX_MAX_BODY_BYTES)",
-            )),
-            Err(rej) => Err(ApiError::bad_request(
-                format!("cannot read the request body: {rej}"),
-                None,
             )),
         }
     }
@@ -194,7 +240,7 @@ async fn proxy(
         return Err(denied.into());
     }
 
-    let turn = TurnLog::start(
+    let mut turn = TurnLog::start(
         &principal,
         &rid,
         endpoint.route(),
@@ -202,7 +248,29 @@ async fn proxy(
         Sha256Hex::of(&body),
     );
     let turn_id = turn.turn().clone();
-    let result = run_turn(&st, endpoint, &rid, &principal, map, &info, turn).await;
+    let mut map = map;
+    let guardrail = st.guardrail.current();
+    let result = match guard_input(
+        &st, &guardrail, endpoint, &rid, &principal, &mut map, &info, &mut turn,
+    )
+    .await
+    {
+        Ok(vault) => {
+            run_turn(
+                &st, endpoint, &rid, &principal, map, &info, turn, guardrail, vault,
+            )
+            .await
+        }
+        Err(e) => {
+            let status = TurnStatus::Error {
+                code: e.code().to_owned(),
+            };
+            match record(&st, turn, status).await {
+                Ok(()) => Err(e),
+                Err(audit) => Err(audit),
+            }
+        }
+    };
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -216,6 +284,62 @@ async fn proxy(
 /// What the stream callback needs to finish the turn.
 type StreamTurn = (TurnLog, String, String, u32);
 
+/// Scans (and redacts) the request, then runs the input critique when the
+/// constitution asks for it. Verdicts go into the turn either way.
+#[allow(clippy::too_many_arguments)]
+async fn guard_input(
+    st: &Arc<AppState>,
+    g: &aibox_guardrail::Guardrail,
+    endpoint: Endpoint,
+    rid: &RequestId,
+    principal: &Principal,
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    info: &aibox_router::RequestInfo,
+    turn: &mut TurnLog,
+) -> Result<aibox_guardrail::TurnVault, ApiError> {
+    let tenant = principal.tenant.as_str();
+    let scan = match guard::scan_input(g, tenant, endpoint, map) {
+        Ok(scan) => scan,
+        Err(blocked) => {
+            for e in blocked.events {
+                turn.event(e);
+            }
+            st.metrics.guardrail_blocks.inc();
+            return Err(blocked.error);
+        }
+    };
+    for e in scan.events {
+        turn.event(e);
+    }
+    if g.enabled_for(tenant)
+        && g.critique_settings(tenant).input
+        && !g.principles().is_empty()
+        && let Some(text) = guard::last_user_text(endpoint, map)
+    {
+        let mut events = Vec::new();
+        let judged = guard::critique(
+            &st.router,
+            g,
+            tenant,
+            aibox_core::audit::GuardStage::Input,
+            &text,
+            &info.model,
+            rid,
+            &mut events,
+        )
+        .await;
+        for e in events {
+            turn.event(e);
+        }
+        if let guard::Judged::Refuse(e) = judged {
+            st.metrics.guardrail_blocks.inc();
+            return Err(e);
+        }
+    }
+    Ok(scan.vault)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_turn(
     st: &Arc<AppState>,
     endpoint: Endpoint,
@@ -224,7 +348,12 @@ async fn run_turn(
     map: serde_json::Map<String, serde_json::Value>,
     info: &aibox_router::RequestInfo,
     mut turn: TurnLog,
+    guardrail: Arc<aibox_guardrail::Guardrail>,
+    mut vault: aibox_guardrail::TurnVault,
 ) -> Result<Response, ApiError> {
+    let tenant = principal.tenant.as_str();
+    let guarded = guardrail.enabled_for(tenant) && endpoint != Endpoint::Embeddings;
+    let guard_events = guard::SharedEvents::default();
     // The stream's turn is finished by the relay's callback, which needs the
     // turn log; the slot hands it over once a stream has started.
     let stream_turn: Arc<std::sync::Mutex<Option<StreamTurn>>> =
@@ -235,6 +364,7 @@ async fn run_turn(
         let model = info.model.clone();
         let rid = rid.clone();
         let slot = stream_turn.clone();
+        let guard_events = guard_events.clone();
         // The guard lives in the callback, which the router drops when no
         // stream starts, the relay drops when a stream ends, and a cancelled
         // handler drops with the router future: every path decrements once.
@@ -242,8 +372,20 @@ async fn run_turn(
         Box::new(move |summary: StreamSummary| -> Option<Gate> {
             let _inflight = inflight;
             let (mut turn, upstream, upstream_model, attempt) = slot.lock().ok()?.take()?;
+            if let Ok(mut ev) = guard_events.lock() {
+                for e in ev.drain(..) {
+                    turn.event(e);
+                }
+            }
             let status = match &summary.end {
                 StreamEnd::Completed => TurnStatus::Ok,
+                StreamEnd::Refused(r) => {
+                    st.metrics.guardrail_blocks.inc();
+                    tracing::info!(request_id = %rid, code = %r.code, "stream cut by the output guardrail");
+                    TurnStatus::Error {
+                        code: r.code.clone(),
+                    }
+                }
                 StreamEnd::UpstreamFailed(reason) => {
                     st.metrics
                         .upstream_errors
@@ -331,6 +473,36 @@ async fn run_turn(
                 Sha256Hex::of(&body),
                 usage,
             );
+            let body = if status.is_success() && guarded {
+                match guard_output(
+                    st,
+                    &guardrail,
+                    endpoint,
+                    rid,
+                    tenant,
+                    &info.model,
+                    body,
+                    &mut vault,
+                    &mut turn,
+                )
+                .await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        record(
+                            st,
+                            turn,
+                            TurnStatus::Error {
+                                code: e.code().to_owned(),
+                            },
+                        )
+                        .await?;
+                        return Err(e);
+                    }
+                }
+            } else {
+                body
+            };
             if status.is_success() || is_openai_error(&body) {
                 let outcome = if status.is_success() {
                     TurnStatus::Ok
@@ -373,6 +545,16 @@ async fn run_turn(
             if let Ok(mut slot) = stream_turn.lock() {
                 *slot = Some((turn, upstream, upstream_model, attempt));
             }
+            let mut relay = relay;
+            if guarded {
+                relay.set_rewriter(Box::new(guard::StreamGuard::new(
+                    guardrail,
+                    tenant,
+                    endpoint,
+                    vault,
+                    guard_events,
+                )));
+            }
             let mut r = Response::new(Body::from_stream(relay));
             let h = r.headers_mut();
             h.insert(
@@ -382,6 +564,70 @@ async fn run_turn(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(r)
+        }
+    }
+}
+
+/// Scans a complete answer and runs the output critique when the
+/// constitution asks for it; returns the body to send.
+#[allow(clippy::too_many_arguments)]
+async fn guard_output(
+    st: &Arc<AppState>,
+    g: &aibox_guardrail::Guardrail,
+    endpoint: Endpoint,
+    rid: &RequestId,
+    tenant: &str,
+    model: &str,
+    body: Bytes,
+    vault: &mut aibox_guardrail::TurnVault,
+    turn: &mut TurnLog,
+) -> Result<Bytes, ApiError> {
+    let body = match guard::scan_output(g, tenant, endpoint, body, vault) {
+        Ok((body, events)) => {
+            for e in events {
+                turn.event(e);
+            }
+            body
+        }
+        Err(blocked) => {
+            for e in blocked.events {
+                turn.event(e);
+            }
+            st.metrics.guardrail_blocks.inc();
+            return Err(blocked.error);
+        }
+    };
+    // Without principles there is nothing to judge against (the built-in
+    // default has none), so no judge call is made.
+    if !g.critique_settings(tenant).output || g.principles().is_empty() {
+        return Ok(body);
+    }
+    let Some(text) = guard::answer_text(endpoint, &body) else {
+        return Ok(body);
+    };
+    let mut events = Vec::new();
+    let judged = guard::critique(
+        &st.router,
+        g,
+        tenant,
+        aibox_core::audit::GuardStage::Output,
+        &text,
+        model,
+        rid,
+        &mut events,
+    )
+    .await;
+    for e in events {
+        turn.event(e);
+    }
+    match judged {
+        guard::Judged::Pass => Ok(body),
+        guard::Judged::Revise(revision) => {
+            Ok(guard::replace_answer(endpoint, &body, &revision).unwrap_or(body))
+        }
+        guard::Judged::Refuse(e) => {
+            st.metrics.guardrail_blocks.inc();
+            Err(e)
         }
     }
 }

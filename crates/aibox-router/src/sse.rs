@@ -110,10 +110,43 @@ pub fn parse_usage(json: &[u8]) -> Option<Usage> {
 /// An SSE event carrying an OpenAI error object. The OpenAI SDKs raise an
 /// `APIError` when a stream yields such an event.
 pub fn error_event(message: &str, code: &str) -> Bytes {
+    typed_error_event(message, "upstream_error", code)
+}
+
+/// An SSE error event with an explicit error type.
+pub fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
     let body = serde_json::json!({
-        "error": { "message": message, "type": "upstream_error", "param": null, "code": code }
+        "error": { "message": message, "type": kind, "param": null, "code": code }
     });
     Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// Rewrites a stream event by event, for the output guardrail.
+///
+/// The relay cuts the upstream bytes at event boundaries and hands each
+/// complete event (blank line included) to the rewriter, `[DONE]` as well;
+/// what it returns is forwarded instead. A rewriter may hold text back and
+/// release it later (a scanning window), so the bytes it returns need not
+/// match the event it was given. `Err` ends the stream: its bytes (an error
+/// event) are the last thing the client receives, and no `[DONE]` follows.
+pub trait EventRewriter: Send {
+    /// One complete event in, what to forward out.
+    fn event(&mut self, event: &[u8]) -> Result<Bytes, Refusal>;
+
+    /// The stream broke before `[DONE]`: what may still be released of the
+    /// text held back, before the error event goes out.
+    fn flush(&mut self) -> Result<Bytes, Refusal> {
+        Ok(Bytes::new())
+    }
+}
+
+/// Why a rewriter ended a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The OpenAI error code sent to the client (`content_policy_violation`).
+    pub code: String,
+    /// The message sent to the client, without the refused content.
+    pub message: String,
 }
 
 /// How a relayed stream ended.
@@ -121,6 +154,8 @@ pub fn error_event(message: &str, code: &str) -> Bytes {
 pub enum StreamEnd {
     /// The upstream sent `[DONE]` and closed.
     Completed,
+    /// A rewriter refused the content; the client got an error event.
+    Refused(Refusal),
     /// The upstream failed; the client got an error event.
     UpstreamFailed(String),
     /// The client went away first; the upstream request was dropped.
@@ -161,6 +196,8 @@ pub struct Relay {
     on_end: Option<OnEnd>,
     end: Option<StreamEnd>,
     filter: Option<UsageEventFilter>,
+    hide_usage: bool,
+    rewriter: Option<Box<dyn EventRewriter>>,
     hasher: Sha256,
     held: Option<Bytes>,
     gate: Option<Gate>,
@@ -182,18 +219,42 @@ pub struct UsageEventFilter {
 impl UsageEventFilter {
     /// Takes the next bytes and returns what may be forwarded now.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        match self.push_through(chunk, true, None) {
+            Ok(b) | Err((b, _)) => b,
+        }
+    }
+
+    /// Cuts at event boundaries; drops usage-only events when `hide_usage`;
+    /// passes each remaining event through `rewriter`. On a refusal, returns
+    /// what was released before it and the refusal; the rest is discarded.
+    fn push_through(
+        &mut self,
+        chunk: &[u8],
+        hide_usage: bool,
+        mut rewriter: Option<&mut Box<dyn EventRewriter>>,
+    ) -> Result<Bytes, (Bytes, Refusal)> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(self.buf.len());
         let mut start = 0;
         while let Some(end) = event_end(&self.buf[start..]) {
             let event = &self.buf[start..start + end];
-            if !is_usage_only(event) {
-                out.extend_from_slice(event);
-            }
             start += end;
+            if hide_usage && is_usage_only(event) {
+                continue;
+            }
+            match rewriter.as_mut() {
+                Some(r) => match r.event(event) {
+                    Ok(b) => out.extend_from_slice(&b),
+                    Err(refusal) => {
+                        self.buf.clear();
+                        return Err((Bytes::from(out), refusal));
+                    }
+                },
+                None => out.extend_from_slice(event),
+            }
         }
         self.buf.drain(..start);
-        Bytes::from(out)
+        Ok(Bytes::from(out))
     }
 
     /// Returns whatever is left (an unterminated event) at the end.
@@ -252,9 +313,43 @@ impl Relay {
             on_end: Some(on_end),
             end: None,
             filter: hide_usage_event.then(UsageEventFilter::default),
+            hide_usage: hide_usage_event,
+            rewriter: None,
             hasher: Sha256::new(),
             held: None,
             gate: None,
+        }
+    }
+
+    /// Passes every event through `rewriter` before the client sees it.
+    /// Set it before the first poll.
+    pub fn set_rewriter(&mut self, rewriter: Box<dyn EventRewriter>) {
+        self.filter.get_or_insert_with(UsageEventFilter::default);
+        self.rewriter = Some(rewriter);
+    }
+
+    /// The bytes to forward for `chunk`, through the event filter and the
+    /// rewriter when there are any.
+    fn pass(&mut self, chunk: Bytes) -> Result<Bytes, (Bytes, Refusal)> {
+        match self.filter.as_mut() {
+            Some(f) => f.push_through(&chunk, self.hide_usage, self.rewriter.as_mut()),
+            None => Ok(chunk),
+        }
+    }
+
+    /// What is left in the event filter at the end. With a rewriter, an
+    /// unterminated tail never reached it, so it is dropped rather than
+    /// forwarded unscanned.
+    fn rest(&mut self) -> Bytes {
+        let rest = self
+            .filter
+            .as_mut()
+            .map(UsageEventFilter::finish)
+            .unwrap_or_default();
+        if self.rewriter.is_some() {
+            Bytes::new()
+        } else {
+            rest
         }
     }
 
@@ -276,14 +371,26 @@ impl Relay {
     }
 
     fn fail(&mut self, message: String, code: &str) -> Poll<Option<Result<Bytes, std::io::Error>>> {
-        let ev = match self.filter.as_mut().map(UsageEventFilter::finish) {
-            Some(rest) if !rest.is_empty() => {
-                let mut joined = rest.to_vec();
-                joined.extend_from_slice(&error_event(&message, code));
-                Bytes::from(joined)
+        let mut joined = self.rest().to_vec();
+        // Text a rewriter held back was received: release what passes it,
+        // then report the failure (or the rewriter's refusal instead).
+        if let Some(r) = self.rewriter.as_mut() {
+            match r.flush() {
+                Ok(tail) => joined.extend_from_slice(&tail),
+                Err(refusal) => {
+                    joined.extend_from_slice(&typed_error_event(
+                        &refusal.message,
+                        "invalid_request_error",
+                        &refusal.code,
+                    ));
+                    self.end = Some(StreamEnd::Refused(refusal));
+                    self.inner = None;
+                    return Poll::Ready(Some(Ok(Bytes::from(joined))));
+                }
             }
-            _ => error_event(&message, code),
-        };
+        }
+        joined.extend_from_slice(&error_event(&message, code));
+        let ev = Bytes::from(joined);
         self.end = Some(StreamEnd::UpstreamFailed(message));
         self.inner = None;
         Poll::Ready(Some(Ok(ev)))
@@ -329,9 +436,19 @@ impl Stream for Relay {
                 this.bytes += chunk.len() as u64;
                 let next = (Instant::now() + this.idle).min(this.deadline);
                 this.timer.as_mut().reset(next);
-                let out = match this.filter.as_mut() {
-                    Some(f) => f.push(&chunk),
-                    None => chunk,
+                let out = match this.pass(chunk) {
+                    Ok(out) => out,
+                    Err((released, refusal)) => {
+                        let mut joined = released.to_vec();
+                        joined.extend_from_slice(&typed_error_event(
+                            &refusal.message,
+                            "invalid_request_error",
+                            &refusal.code,
+                        ));
+                        this.end = Some(StreamEnd::Refused(refusal));
+                        this.inner = None;
+                        return Poll::Ready(Some(Ok(Bytes::from(joined))));
+                    }
                 };
                 if this.scanner.done()
                     && let Some(cb) = this.on_end.take()
@@ -358,11 +475,7 @@ impl Stream for Relay {
             Poll::Ready(None) => {
                 if this.scanner.done() {
                     this.inner = None;
-                    let rest = this
-                        .filter
-                        .as_mut()
-                        .map(UsageEventFilter::finish)
-                        .unwrap_or_default();
+                    let rest = this.rest();
                     if !rest.is_empty() {
                         this.end = Some(StreamEnd::Completed);
                         return Poll::Ready(Some(Ok(rest)));

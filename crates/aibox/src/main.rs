@@ -6,6 +6,8 @@ mod apikey;
 mod audit;
 mod bootstrap;
 mod devkeys;
+mod doctor;
+mod egress_cmd;
 mod envfile;
 mod keys;
 mod serve;
@@ -42,6 +44,9 @@ enum Command {
         command: ApikeyCommand,
     },
     /// List and rotate the signing keyrings.
+    /// Host firewall rules against SSRF from tool containers (seed 004 §1):
+    /// print, apply or remove the DOCKER-USER / nftables rules.
+    Egress(egress_cmd::EgressArgs),
     /// Write strong random values for every secret of the stack into the
     /// env file (mode 0600), keeping real values and replacing placeholders;
     /// prints names only. Idempotent.
@@ -69,6 +74,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Check a deployment against the production checklist (exit 1 on a
+    /// high-severity finding).
+    Doctor(doctor::DoctorArgs),
     /// Work with signed `X-Aibox-Principal` headers.
     Principal {
         #[command(subcommand)]
@@ -246,12 +254,19 @@ fn main() -> ExitCode {
             } => keys::check_env_file(&env_file)
                 .and_then(|()| vault_keys(config, &env_file, Some(&kid))),
         },
+        Command::Egress(args) => egress_cmd::run(args),
         Command::Bootstrap {
             env_file,
             config,
             services,
         } => bootstrap_command(&env_file, config, &services),
         Command::Audit { config, command } => audit_command(config, command),
+        Command::Doctor(args) => {
+            return doctor::run(args).unwrap_or_else(|e| {
+                eprintln!("aibox: error: {e:#}");
+                ExitCode::from(2)
+            });
+        }
         Command::Principal {
             command:
                 PrincipalCommand::Verify {

@@ -74,7 +74,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_default(),
     );
-    runtime.block_on(serve(cfg, keys, audit_key, started))
+    let mcp = aibox_gateway::mcp::prepare(&cfg.server.data_dir, &env)?;
+    let constitution = env
+        .get(aibox_config::env::AIBOX_CONSTITUTION)
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let p = std::path::PathBuf::from(aibox_config::env::DEFAULT_CONSTITUTION_PATH);
+            p.exists().then_some(p)
+        });
+    let guardrail = Arc::new(aibox_gateway::guard::GuardrailHandle::load(
+        constitution.as_deref(),
+    )?);
+    match guardrail.source() {
+        Some(p) => tracing::info!(constitution = %p.display(), "guardrail loaded"),
+        None => tracing::info!(
+            "guardrail: no constitution file (AIBOX_CONSTITUTION); the built-in standard profile scans every turn"
+        ),
+    }
+    let ops_token = env
+        .get("OPS_CONTROLLER_TOKEN")
+        .filter(|t| !t.is_empty())
+        .map(|t| aibox_core::Secret::new(t.clone()));
+    runtime.block_on(serve(
+        cfg, keys, audit_key, mcp, guardrail, ops_token, started,
+    ))
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -137,6 +160,9 @@ async fn serve(
     cfg: Config,
     keys: SigningKeys,
     audit_key: aibox_core::Secret,
+    mcp: aibox_gateway::mcp::McpPrepared,
+    guardrail: Arc<aibox_gateway::guard::GuardrailHandle>,
+    ops_token: Option<aibox_core::Secret>,
     started: Instant,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -178,7 +204,10 @@ async fn serve(
         key_version = audit.key_version(),
         "audit log open"
     );
-    let state = Arc::new(AppState::new(
+    let mcp =
+        aibox_gateway::mcp::start(mcp, &keys, audit.clone(), store.clone(), guardrail.clone())
+            .await?;
+    let mut state = AppState::new(
         cfg.clone(),
         router,
         Arc::new(limiter),
@@ -186,7 +215,11 @@ async fn serve(
         audit,
         &keys,
         service,
-    )?);
+        guardrail.clone(),
+    )?;
+    state.mcp = Some(mcp.clone());
+    state.ops_token = ops_token;
+    let state = Arc::new(state);
     state.auth.preload().await;
 
     let main_listener = bind(cfg.server.listen, "server.listen (AIBOX_LISTEN)").await?;
@@ -222,6 +255,19 @@ async fn serve(
         startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "aibox is serving"
     );
+    // SIGHUP re-reads the constitution; requests in flight keep theirs.
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = aibox_gateway::ops::reload_guardrail(&state, "sighup").await;
+            }
+        });
+    }
     // A machine-readable line for scripts and tests that start aibox on port 0.
     println!("aibox listening main={main_addr} ops={ops_addr}");
 
@@ -245,6 +291,7 @@ async fn serve(
         main_task.abort();
         ops_task.abort();
     }
+    mcp.shutdown().await;
     store
         .flush()
         .await

@@ -101,6 +101,32 @@ impl Fault {
     }
 }
 
+/// A made-up AWS access key id that `leak-secret` puts in its answer, for
+/// output guardrail tests (never a real credential).
+pub const LEAKED_KEY: &str = "AKIAQ3EGRDQYB7NXPL2Q";
+
+/// Fixed answers of scripted models, for guardrail tests: `leak-secret`
+/// answers with a credential the prompt did not contain, and `judge-allow`,
+/// `judge-block`, `judge-revise` answer like a constitutional critique judge
+/// (principle `p1`).
+fn scripted_reply(model: &str) -> Option<String> {
+    Some(match model {
+        "leak-secret" => format!(
+            "Sure. The deploy key for the staging bucket is {LEAKED_KEY} and you should rotate it after use. That is all I know."
+        ),
+        "judge-allow" => r#"{"verdict":"allow","principle":null,"reason":"complies"}"#.to_owned(),
+        "judge-block" => {
+            r#"{"verdict":"block","principle":"p1","reason":"violates P1"}"#.to_owned()
+        }
+        "judge-revise" => r#"```json
+{"verdict":"revise","principle":"p1","reason":"too blunt","revision":"A revised, compliant answer."}
+```"#
+            .to_owned(),
+        "judge-garbage" => "I think it is fine?".to_owned(),
+        _ => return None,
+    })
+}
+
 /// The OpenAI endpoints that accept a POST body.
 #[derive(Clone, Copy)]
 enum Endpoint {
@@ -380,7 +406,7 @@ fn chat(
         prompt_tokens += wire::count_words(&text);
         last = text;
     }
-    let reply = format!("{}: {}", shared.name, last);
+    let reply = scripted_reply(model).unwrap_or_else(|| format!("{}: {}", shared.name, last));
     let (stream, include_usage) = stream_flags(request);
     let id = format!(
         "chatcmpl-fake-{}",

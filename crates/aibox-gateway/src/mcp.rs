@@ -1,0 +1,243 @@
+//! The MCP tool gateway (`aibox-mcp`) wired into the edge: its audit sink
+//! (the tamper-evident log) and its start-up from the environment.
+//!
+//! Tool calls are appended as turns of the caller's tenant; sandbox events
+//! (spawns and exits of tool server processes, which no tenant owns) as
+//! turnless batches of the `default` tenant.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use aibox_auditlog::AuditLog;
+use aibox_core::TenantId;
+use aibox_core::audit::AuditEvent;
+use aibox_core::audit::{GuardAction, GuardStage};
+use aibox_core::{Principal, Secret};
+use aibox_identity::CapTokenVerifier;
+use aibox_mcp::{
+    BoxFuture, EnvSecrets, GuardOutcome, HttpEgress, McpDeps, SandboxRecord, SecretSource,
+    ToolAudit, ToolCallRecord, ToolGuard,
+};
+pub use aibox_mcp::{McpError, McpGateway, McpSettings};
+
+/// Appends tool calls and sandbox events to the audit log.
+pub struct AuditLogSink(pub AuditLog);
+
+impl ToolAudit for AuditLogSink {
+    fn record_call(&self, rec: ToolCallRecord) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .append_turn(&rec.principal.tenant, Some(rec.turn), rec.events)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn record_sandbox(&self, rec: SandboxRecord) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let tenant = TenantId::default_tenant();
+            let event = AuditEvent {
+                tenant: tenant.clone(),
+                turn: None,
+                request_id: None,
+                at_ms: rec.at_ms,
+                kind: rec.kind,
+            };
+            self.0
+                .append_turn(&tenant, None, vec![event])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The guardrail as the MCP gateway's tool guard: arguments and results
+/// are scanned with the caller's tenant profile.
+pub struct GuardrailToolGuard(pub Arc<crate::guard::GuardrailHandle>);
+
+impl ToolGuard for GuardrailToolGuard {
+    fn inspect(
+        &self,
+        principal: &Principal,
+        stage: GuardStage,
+        _server: &str,
+        _tool: &str,
+        text: &str,
+    ) -> GuardOutcome {
+        let g = self.0.current();
+        let tenant = principal.tenant.as_str();
+        if !g.enabled_for(tenant) {
+            return GuardOutcome::allow(g.profile_for(tenant).as_str());
+        }
+        let v = g.scan(tenant, stage, text);
+        let replacement = (v.action == GuardAction::Redact)
+            .then(|| aibox_guardrail::TurnVault::new().redact(text, &v));
+        let reason = v
+            .blocking
+            .as_ref()
+            .map(|(scanner, rule)| format!("{scanner}/{rule}"));
+        GuardOutcome {
+            profile: v.profile.as_str().to_owned(),
+            action: v.action,
+            findings: v.counts(),
+            replacement,
+            reason,
+        }
+    }
+}
+
+/// The SSRF-safe egress (`aibox-egress`) for remote MCP servers.
+pub struct GuardedEgress(pub aibox_egress::EgressGuard);
+
+impl HttpEgress for GuardedEgress {
+    fn check(&self, url: &url::Url) -> Result<(), String> {
+        self.0.check_url(url).map_err(|e| e.to_string())
+    }
+
+    fn client(&self) -> reqwest::Client {
+        self.0.client().clone()
+    }
+}
+
+/// Secrets of stdio servers from the vault: they belong to a service owner
+/// (`AIBOX_MCP_SECRETS_OWNER`, default `_aibox/mcp`), who stores them with
+/// `PUT /v1/secrets/{name}`. `AIBOX_MCP_SECRET_<NAME>` variables are a
+/// fallback for deployments without a vault owner yet.
+pub struct VaultSecrets {
+    vault: aibox_store::vault::Vault,
+    tenant: TenantId,
+    user: aibox_core::UserId,
+    fallback: EnvSecrets,
+}
+
+impl SecretSource for VaultSecrets {
+    fn get<'a>(&'a self, server: &'a str, name: &'a str) -> BoxFuture<'a, Result<Secret, String>> {
+        Box::pin(async move {
+            match self.vault.get(&self.tenant, &self.user, name).await {
+                Ok(Some(v)) => String::from_utf8(v.to_vec())
+                    .map(Secret::new)
+                    .map_err(|_| format!("vault secret {name:?} of {}/{} is not UTF-8 text", self.tenant, self.user)),
+                Ok(None) => self.fallback.get(server, name).await.map_err(|_| {
+                    format!(
+                        "MCP server {server} needs secret {name:?}, which is neither in the vault of {}/{} nor in {}; fix: store it with PUT /v1/secrets/{name} as that principal",
+                        self.tenant,
+                        self.user,
+                        EnvSecrets::variable(name)
+                    )
+                }),
+                Err(e) => Err(format!("vault: {e}")),
+            }
+        })
+    }
+}
+
+/// Reads `AIBOX_MCP_SECRETS_OWNER` (`TENANT/USER`).
+fn secrets_owner(
+    env: &HashMap<String, String>,
+) -> Result<(TenantId, aibox_core::UserId), McpError> {
+    let raw = env
+        .get("AIBOX_MCP_SECRETS_OWNER")
+        .map_or("_aibox/mcp", String::as_str);
+    let bad = || McpError::Setting {
+        name: "AIBOX_MCP_SECRETS_OWNER",
+        value: raw.to_owned(),
+        why: "not TENANT/USER; fix: e.g. _aibox/mcp".into(),
+    };
+    let (t, u) = raw.split_once('/').ok_or_else(bad)?;
+    Ok((
+        TenantId::new(t).map_err(|_| bad())?,
+        aibox_core::UserId::new(u).map_err(|_| bad())?,
+    ))
+}
+
+/// Builds the egress policy from `AIBOX_EGRESS_ALLOW_HOSTS` and
+/// `AIBOX_EGRESS_ALLOWED_PORTS` (comma-separated).
+fn egress_policy(env: &HashMap<String, String>) -> Result<aibox_egress::EgressPolicy, McpError> {
+    let list = |k: &str| -> Vec<String> {
+        env.get(k)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut ports = Vec::new();
+    for p in list("AIBOX_EGRESS_ALLOWED_PORTS") {
+        ports.push(p.parse::<i64>().map_err(|_| McpError::Setting {
+            name: "AIBOX_EGRESS_ALLOWED_PORTS",
+            value: p.clone(),
+            why: "not a port number; fix: a comma-separated list such as 8443,9000".into(),
+        })?);
+    }
+    aibox_egress::EgressPolicy::builder()
+        .allow_hosts(list("AIBOX_EGRESS_ALLOW_HOSTS"))
+        .allowed_ports(ports)
+        .build()
+        .map_err(|e| McpError::Setting {
+            name: "AIBOX_EGRESS_ALLOW_HOSTS",
+            value: env
+                .get("AIBOX_EGRESS_ALLOW_HOSTS")
+                .cloned()
+                .unwrap_or_default(),
+            why: e.to_string(),
+        })
+}
+
+/// What `serve` reads from the environment before the runtime starts.
+pub struct McpPrepared {
+    settings: McpSettings,
+    secrets: EnvSecrets,
+    owner: (TenantId, aibox_core::UserId),
+    egress: aibox_egress::EgressPolicy,
+}
+
+/// Reads the MCP settings (`AIBOX_MCP_*`, `FILESYSTEM_ROOT`) and the
+/// interim `AIBOX_MCP_SECRET_*` secrets from the environment (the process
+/// environment plus `.env`).
+pub fn prepare<'a, I>(data_dir: &Path, env: I) -> Result<McpPrepared, McpError>
+where
+    I: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    let env: HashMap<String, String> = env
+        .into_iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(McpPrepared {
+        settings: McpSettings::from_env(data_dir, |k| env.get(k).cloned())?,
+        secrets: EnvSecrets::from_env(&env),
+        owner: secrets_owner(&env)?,
+        egress: egress_policy(&env)?,
+    })
+}
+
+/// Starts the MCP gateway (loads `DATA_DIR/mcp`, spawns stdio servers).
+pub async fn start(
+    prepared: McpPrepared,
+    keys: &crate::SigningKeys,
+    audit: AuditLog,
+    store: aibox_store::Store,
+    guardrail: Arc<crate::guard::GuardrailHandle>,
+) -> Result<Arc<McpGateway>, McpError> {
+    let egress = aibox_egress::EgressGuard::with_system_resolver(prepared.egress)
+        .map_err(|e| McpError::Client(e.to_string()))?;
+    let (tenant, user) = prepared.owner;
+    let deps = McpDeps {
+        captoken: CapTokenVerifier::new(&keys.captoken),
+        audit: Arc::new(AuditLogSink(audit)),
+        guard: Arc::new(GuardrailToolGuard(guardrail)),
+        egress: Arc::new(GuardedEgress(egress)),
+        secrets: Arc::new(VaultSecrets {
+            vault: aibox_store::vault::Vault::new(store, keys.secrets_master.clone()),
+            tenant,
+            user,
+            fallback: prepared.secrets,
+        }),
+    };
+    McpGateway::start(prepared.settings, deps).await
+}

@@ -1,0 +1,397 @@
+//! Remote tool servers over MCP Streamable HTTP, through the egress seam.
+//!
+//! The gateway is an MCP client here: it POSTs `initialize`, keeps the
+//! `Mcp-Session-Id` the server assigns and the negotiated revision (sent as
+//! `MCP-Protocol-Version` on every later request), and reads each answer as
+//! JSON or as an SSE stream, waiting for the response with its request's id.
+//! A 404 on a request that carried a session id means the session is gone:
+//! the client initializes again once and retries. Every request's URL passes
+//! [`HttpEgress::check`] first, and the whole exchange has the call's
+//! deadline. Answers larger than [`MAX_MESSAGE_BYTES`] are refused.
+//!
+//! The tool list is cached for [`TOOLS_TTL`] (a remote server cannot notify
+//! aibox of changes without a standing GET stream, which aibox does not
+//! keep open).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+
+use crate::protocol::{self, Message, RpcError};
+use crate::seams::{BoxFuture, HttpEgress};
+use crate::sse::SseParser;
+use crate::upstream::{
+    CallError, HealthState, MAX_MESSAGE_BYTES, ServerHealth, ToolInfo, Upstream, accept_tools,
+    tools_page,
+};
+
+/// How long a remote server's tool list is reused.
+pub const TOOLS_TTL: Duration = Duration::from_secs(30);
+/// The deadline of `initialize` and of each `tools/list` page.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_PAGES: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Session {
+    id: Option<String>,
+    version: String,
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    state: Option<HealthState>,
+    failures: u32,
+    last_error: Option<String>,
+}
+
+/// A remote MCP server.
+pub struct RemoteServer {
+    name: String,
+    url: url::Url,
+    egress: Arc<dyn HttpEgress>,
+    client: reqwest::Client,
+    session: tokio::sync::Mutex<Option<Session>>,
+    tools: Mutex<Option<(Instant, Arc<Vec<ToolInfo>>)>>,
+    status: Mutex<Status>,
+    next_id: AtomicU64,
+}
+
+impl RemoteServer {
+    /// A client for `url`; nothing is sent until the first use.
+    pub fn new(name: &str, url: url::Url, egress: Arc<dyn HttpEgress>) -> Self {
+        let client = egress.client();
+        Self {
+            name: name.to_owned(),
+            url,
+            egress,
+            client,
+            session: tokio::sync::Mutex::new(None),
+            tools: Mutex::new(None),
+            status: Mutex::new(Status::default()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn note(&self, r: &Result<Value, CallError>) {
+        if let Ok(mut s) = self.status.lock() {
+            match r {
+                Ok(_) | Err(CallError::Rpc(_)) => {
+                    s.state = Some(HealthState::Ready);
+                    s.failures = 0;
+                    s.last_error = None;
+                }
+                Err(e) => {
+                    s.state = Some(HealthState::Unreachable);
+                    s.failures = s.failures.saturating_add(1);
+                    s.last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// POSTs one message; returns the response to `expect` (None for a
+    /// notification) and the session id header, if any.
+    async fn post(
+        &self,
+        message: &Value,
+        session: Option<&Session>,
+        expect: Option<u64>,
+    ) -> Result<(Option<Result<Value, RpcError>>, Option<String>), CallError> {
+        self.egress
+            .check(&self.url)
+            .map_err(|why| CallError::Unavailable(format!("egress refused {}: {why}", self.url)))?;
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(message).map_err(|e| CallError::Protocol(e.to_string()))?);
+        if let Some(s) = session {
+            req = req.header("mcp-protocol-version", &s.version);
+            if let Some(id) = &s.id {
+                req = req.header("mcp-session-id", id);
+            }
+        }
+        let resp = req.send().await.map_err(|e| {
+            CallError::Unavailable(format!(
+                "cannot reach {}: {}",
+                self.url,
+                aibox_identity::describe_reqwest(&e)
+            ))
+        })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND && session.is_some_and(|s| s.id.is_some()) {
+            return Err(CallError::Unavailable(SESSION_GONE.into()));
+        }
+        let session_id = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
+            })
+            .map(str::to_owned);
+        if status == reqwest::StatusCode::ACCEPTED && expect.is_none() {
+            return Ok((None, session_id));
+        }
+        if !status.is_success() {
+            return Err(CallError::Unavailable(format!(
+                "{} answered HTTP {}",
+                self.url,
+                status.as_u16()
+            )));
+        }
+        let Some(want) = expect else {
+            return Ok((None, session_id));
+        };
+        let is_sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+        let mut body = resp.bytes_stream();
+        if is_sse {
+            let mut parser = SseParser::new(MAX_MESSAGE_BYTES);
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| CallError::Unavailable(format!("the stream broke: {e}")))?;
+                let events = parser
+                    .feed(&chunk)
+                    .map_err(|e| CallError::Protocol(e.to_string()))?;
+                for data in events {
+                    if let Some(outcome) = self.match_response(&data, want) {
+                        return Ok((Some(outcome), session_id));
+                    }
+                }
+            }
+            return Err(CallError::Protocol(
+                "the stream ended without the response".into(),
+            ));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| CallError::Unavailable(format!("the body broke: {e}")))?;
+            if buf.len() + chunk.len() > MAX_MESSAGE_BYTES {
+                return Err(CallError::Protocol(format!(
+                    "the answer exceeds {MAX_MESSAGE_BYTES} bytes"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        self.match_response(&text, want)
+            .map(|o| (Some(o), session_id))
+            .ok_or_else(|| {
+                CallError::Protocol("the answer is not the JSON-RPC response to the request".into())
+            })
+    }
+
+    fn match_response(&self, data: &str, want: u64) -> Option<Result<Value, RpcError>> {
+        let v: Value = serde_json::from_str(data).ok()?;
+        let items = match v {
+            Value::Array(a) => a,
+            v => vec![v],
+        };
+        for item in items {
+            match protocol::classify(item) {
+                Ok(Message::Response { id, outcome }) if id.as_u64() == Some(want) => {
+                    return Some(outcome);
+                }
+                Ok(Message::Notification { method, .. }) => {
+                    tracing::debug!(server = %self.name, %method, "notification from the remote MCP server");
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    async fn initialize(&self) -> Result<Session, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let msg = protocol::request(
+            id,
+            "initialize",
+            protocol::client_initialize_params(protocol::LATEST_PROTOCOL_VERSION),
+        );
+        let (outcome, session_id) = self.post(&msg, None, Some(id)).await?;
+        let result = match outcome {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(CallError::Rpc(e)),
+            None => return Err(CallError::Protocol("no answer to initialize".into())),
+        };
+        let version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !protocol::UPSTREAM_PROTOCOL_VERSIONS.contains(&version) {
+            return Err(CallError::Protocol(format!(
+                "the server speaks MCP revision '{}', which aibox does not",
+                crate::names::printable(version)
+            )));
+        }
+        let session = Session {
+            id: session_id,
+            version: version.to_owned(),
+        };
+        self.post(
+            &protocol::notification("notifications/initialized", None),
+            Some(&session),
+            None,
+        )
+        .await?;
+        tracing::info!(server = %self.name, version = %session.version, "remote MCP server initialized");
+        Ok(session)
+    }
+
+    async fn request(&self, method: &str, params: Value) -> Result<Value, CallError> {
+        for attempt in 0..2 {
+            let session = {
+                let mut guard = self.session.lock().await;
+                match guard.as_ref() {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = self.initialize().await?;
+                        *guard = Some(s.clone());
+                        s
+                    }
+                }
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let msg = protocol::request(id, method, params.clone());
+            match self.post(&msg, Some(&session), Some(id)).await {
+                Err(CallError::Unavailable(why)) if why == SESSION_GONE && attempt == 0 => {
+                    *self.session.lock().await = None;
+                }
+                Err(e) => return Err(e),
+                Ok((Some(Ok(v)), _)) => return Ok(v),
+                Ok((Some(Err(e)), _)) => return Err(CallError::Rpc(e)),
+                Ok((None, _)) => return Err(CallError::Protocol("no answer".into())),
+            }
+        }
+        Err(CallError::Unavailable(SESSION_GONE.into()))
+    }
+
+    async fn fetch_tools(&self) -> Result<Vec<ToolInfo>, CallError> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let result = tokio::time::timeout(LIST_TIMEOUT, self.request("tools/list", params))
+                .await
+                .map_err(|_| CallError::Timeout(LIST_TIMEOUT))??;
+            let (tools, next) = tools_page(&result)?;
+            all.extend(tools);
+            match next {
+                Some(n) if Some(&n) != cursor.as_ref() => cursor = Some(n),
+                _ => break,
+            }
+        }
+        Ok(accept_tools(&self.name, all))
+    }
+}
+
+const SESSION_GONE: &str = "the remote MCP session expired";
+
+impl Upstream for RemoteServer {
+    fn tools(&self) -> BoxFuture<'_, Result<Arc<Vec<ToolInfo>>, CallError>> {
+        Box::pin(async move {
+            if let Ok(cache) = self.tools.lock()
+                && let Some((at, tools)) = cache.as_ref()
+                && at.elapsed() < TOOLS_TTL
+            {
+                return Ok(tools.clone());
+            }
+            let fetched = self.fetch_tools().await;
+            self.note(&fetched.as_ref().map(|_| Value::Null).map_err(Clone::clone));
+            let tools = Arc::new(fetched?);
+            if let Ok(mut cache) = self.tools.lock() {
+                *cache = Some((Instant::now(), tools.clone()));
+            }
+            Ok(tools)
+        })
+    }
+
+    fn call<'a>(
+        &'a self,
+        tool: &'a str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async move {
+            let r = tokio::time::timeout(
+                timeout,
+                self.request("tools/call", json!({"name": tool, "arguments": arguments})),
+            )
+            .await
+            .unwrap_or(Err(CallError::Timeout(timeout)));
+            self.note(&r);
+            r
+        })
+    }
+
+    fn health(&self) -> ServerHealth {
+        let tools = self
+            .tools
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(_, t)| t.len()))
+            .unwrap_or(0);
+        let (state, failures, last_error) = self
+            .status
+            .lock()
+            .map(|s| {
+                (
+                    s.state.unwrap_or(HealthState::Starting),
+                    s.failures,
+                    s.last_error.clone(),
+                )
+            })
+            .unwrap_or((HealthState::Unreachable, 0, None));
+        ServerHealth {
+            name: self.name.clone(),
+            transport: "http",
+            state,
+            pid: None,
+            restarts: 0,
+            consecutive_failures: failures,
+            last_error,
+            tools,
+            next_attempt_in_ms: None,
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // End the remote session politely; a server that ignores DELETE
+            // lets it expire.
+            let session = self.session.lock().await.take();
+            if let Some(Session {
+                id: Some(id),
+                version,
+            }) = session
+                && self.egress.check(&self.url).is_ok()
+            {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.client
+                        .delete(self.url.clone())
+                        .header("mcp-session-id", id)
+                        .header("mcp-protocol-version", version)
+                        .send(),
+                )
+                .await;
+            }
+        })
+    }
+}

@@ -1,0 +1,869 @@
+//! stdio tool servers as supervised child processes.
+//!
+//! Each server gets one supervisor task that starts the process, speaks MCP
+//! to it over stdin/stdout (newline-delimited JSON-RPC, many calls in flight
+//! at once, matched by id), and starts it again with exponential backoff
+//! when it dies.
+//!
+//! The process is controlled:
+//! - its environment is cleared, then given only `PATH` (a fixed safe
+//!   default, [`SAFE_PATH`]), the registry's `env` and the `secrets` the
+//!   [`SecretSource`] returns, so aibox's own keys never reach a tool;
+//! - it runs in the registry's `cwd`, in its own process group (so a
+//!   terminal's signals do not reach it, and the whole group is killed
+//!   together);
+//! - resource limits are applied with `prlimit(2)` on the child right after
+//!   it is spawned. The workspace forbids `unsafe`, which `pre_exec` (and so
+//!   `setrlimit` between fork and exec) needs; the cost is a window of
+//!   microseconds in which the new process runs unlimited. If a configured
+//!   limit cannot be applied, the process is killed (fail closed);
+//! - stderr is logged line by line with the server's name, never parsed;
+//! - every spawn and exit is logged and sent to the audit hook as a
+//!   `sandbox` event naming the command, the arguments and the *names* of
+//!   the variables it got, never their values;
+//! - on shutdown, and whenever a run ends, the process group gets SIGTERM,
+//!   then SIGKILL after [`STOP_GRACE`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use aibox_core::audit::EventKind;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::protocol::{self, Message, RpcError, codes};
+use crate::registry::{Limits, StdioSpec};
+use crate::seams::{BoxFuture, SandboxRecord, SecretSource, ToolAudit};
+use crate::upstream::{
+    CallError, HealthState, MAX_MESSAGE_BYTES, ServerHealth, ToolInfo, Upstream, accept_tools,
+    tools_page,
+};
+
+/// The only `PATH` a tool process gets unless the registry sets one.
+pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long a new process may take to answer `initialize` and `tools/list`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first restart delay; it doubles per consecutive failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// The longest restart delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A process that stayed up this long resets the failure count.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Consecutive failures from which the log calls it a crash loop.
+pub const CRASH_LOOP_AFTER: u32 = 5;
+/// How long a process gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The longest stderr line logged (the rest is cut).
+const STDERR_LINE_MAX: usize = 4096;
+/// Pages of `tools/list` read at most.
+const MAX_PAGES: usize = 64;
+
+/// The restart delay after `failures` consecutive failures (1-based).
+pub fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    BACKOFF_MIN.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One live connection to a running process.
+struct Conn {
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>>>>,
+    next_id: AtomicU64,
+    alive: AtomicBool,
+}
+
+impl Conn {
+    fn new(out: mpsc::Sender<Vec<u8>>) -> Self {
+        Self {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+        }
+    }
+
+    async fn send(&self, msg: &Value) -> Result<(), CallError> {
+        let line = serde_json::to_vec(msg).map_err(|e| CallError::Protocol(e.to_string()))?;
+        self.out
+            .send(line)
+            .await
+            .map_err(|_| CallError::Unavailable("the server's stdin is closed".into()))
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(CallError::Unavailable("the server exited".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        if let Err(e) = self.send(&protocol::request(id, method, params)).await {
+            self.forget(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(CallError::Rpc(e)),
+            Ok(Err(_)) => Err(CallError::Unavailable(
+                "the server exited before it answered".into(),
+            )),
+            Err(_) => {
+                self.forget(id);
+                // Tell the server to stop working on it (MCP cancellation);
+                // a hung server will not read it, which is fine.
+                let _ = self
+                    .send(&protocol::notification(
+                        "notifications/cancelled",
+                        Some(json!({"requestId": id, "reason": "aibox: the call timed out"})),
+                    ))
+                    .await;
+                Err(CallError::Timeout(timeout))
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+    }
+
+    fn resolve(&self, id: u64, outcome: Result<Value, RpcError>) {
+        let tx = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        if let Some(tx) = tx {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Marks the connection dead; every call in flight fails at once.
+    fn close(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Status {
+    state: HealthState,
+    pid: Option<u32>,
+    restarts: u32,
+    consecutive_failures: u32,
+    last_error: Option<String>,
+    next_attempt: Option<Instant>,
+}
+
+struct Inner {
+    name: String,
+    spec: StdioSpec,
+    audit: Arc<dyn ToolAudit>,
+    secrets: Arc<dyn SecretSource>,
+    startup_wait: Duration,
+    conn: RwLock<Option<Arc<Conn>>>,
+    tools: RwLock<Arc<Vec<ToolInfo>>>,
+    status: Mutex<Status>,
+    /// Bumped on every state change, so waiters re-check.
+    changed: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+/// A supervised stdio tool server.
+pub struct StdioServer {
+    inner: Arc<Inner>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl StdioServer {
+    /// Starts supervising `spec` (the first spawn happens in the background).
+    /// Calls and tool lists wait up to `startup_wait` for a process that is
+    /// (re)starting.
+    pub fn start(
+        name: &str,
+        spec: StdioSpec,
+        audit: Arc<dyn ToolAudit>,
+        secrets: Arc<dyn SecretSource>,
+        startup_wait: Duration,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            spec,
+            audit,
+            secrets,
+            startup_wait,
+            conn: RwLock::new(None),
+            tools: RwLock::new(Arc::new(Vec::new())),
+            status: Mutex::new(Status {
+                state: HealthState::Starting,
+                pid: None,
+                restarts: 0,
+                consecutive_failures: 0,
+                last_error: None,
+                next_attempt: None,
+            }),
+            changed: watch::channel(0).0,
+            stop: watch::channel(false).0,
+        });
+        let task = tokio::spawn(supervise(inner.clone()));
+        Self {
+            inner,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// The live connection, waiting up to `wait` for a process that is
+    /// starting for the first time or being restarted after one failure. A
+    /// server that failed twice in a row is not waited for: one broken
+    /// server must not slow down every tool list.
+    async fn live_conn(&self, wait: Duration) -> Result<Arc<Conn>, CallError> {
+        let mut changed = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(c) = self.inner.current()
+                && c.alive.load(Ordering::SeqCst)
+            {
+                return Ok(c);
+            }
+            if !self.inner.worth_waiting(deadline.into_std()) {
+                return Err(CallError::Unavailable(self.inner.unavailable_reason()));
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(CallError::Unavailable(self.inner.unavailable_reason())),
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn worth_waiting(&self, deadline: Instant) -> bool {
+        let Ok(s) = self.status.lock() else {
+            return false;
+        };
+        match s.state {
+            HealthState::Starting | HealthState::Ready => true,
+            // One failure is worth waiting for (a crash, then a quick
+            // restart); a second in a row is a loop, not a hiccup.
+            HealthState::Restarting => {
+                s.consecutive_failures < 2 && s.next_attempt.is_none_or(|at| at < deadline)
+            }
+            HealthState::Unreachable | HealthState::Stopped => false,
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Conn>> {
+        self.conn.read().ok().and_then(|c| c.clone())
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn unavailable_reason(&self) -> String {
+        let Ok(s) = self.status.lock() else {
+            return "the server is not available".into();
+        };
+        match s.state {
+            HealthState::Starting => "the server is still starting; retry shortly".into(),
+            HealthState::Stopped => "the server is stopped".into(),
+            _ => match s.next_attempt {
+                Some(at) => format!(
+                    "the server is restarting after {} failure(s); next attempt in {} ms",
+                    s.consecutive_failures,
+                    at.saturating_duration_since(Instant::now()).as_millis()
+                ),
+                None => "the server is restarting".into(),
+            },
+        }
+    }
+
+    async fn sandbox(&self, what: &str, detail: String) -> Result<(), String> {
+        self.audit
+            .record_sandbox(SandboxRecord {
+                at_ms: now_ms(),
+                kind: EventKind::Sandbox {
+                    server: self.name.clone(),
+                    what: what.to_owned(),
+                    detail,
+                },
+            })
+            .await
+    }
+}
+
+/// Kills the process group when dropped, so that every way out of a run
+/// (errors included) leaves no process behind.
+struct GroupGuard(Option<rustix::process::Pid>);
+
+impl GroupGuard {
+    fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(pid) = self.0 {
+            let _ = rustix::process::kill_process_group(pid, sig);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+    }
+}
+
+fn apply_limits(pid: u32, limits: &Limits) -> Result<(), String> {
+    use rlimit::Resource;
+    let pid = i32::try_from(pid).map_err(|_| "pid out of range".to_owned())?;
+    let wanted = [
+        (Resource::CPU, "cpu_secs", limits.cpu_secs, 1),
+        (Resource::AS, "memory_mb", limits.memory_mb, 1024 * 1024),
+        (Resource::NOFILE, "open_files", limits.open_files, 1),
+        (Resource::NPROC, "processes", limits.processes, 1),
+    ];
+    for (res, field, value, unit) in wanted {
+        let Some(v) = value else { continue };
+        let v = v.saturating_mul(unit);
+        let (mut soft, mut hard) = (0u64, 0u64);
+        rlimit::prlimit(pid, res, None, Some((&mut soft, &mut hard)))
+            .map_err(|e| format!("cannot read limit {field}: {e}"))?;
+        // An unprivileged process may lower its hard limit, never raise it.
+        let v = v.min(hard);
+        rlimit::prlimit(pid, res, Some((v, v)), None)
+            .map_err(|e| format!("cannot apply limits.{field}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn spawn_detail(spec: &StdioSpec, pid: u32) -> String {
+    let mut env: Vec<&str> = spec.env.keys().map(String::as_str).collect();
+    if !spec.env.contains_key("PATH") {
+        env.push("PATH");
+    }
+    env.sort_unstable();
+    let secrets: Vec<&str> = spec.secrets.keys().map(String::as_str).collect();
+    let l = &spec.limits;
+    let mut args = serde_json::to_string(&spec.args).unwrap_or_default();
+    if args.len() > 512 {
+        let mut cut = 512;
+        while !args.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        args.truncate(cut);
+        args.push('…');
+    }
+    format!(
+        "pid={pid} command={} args={args} env=[{}] secrets=[{}] cwd={} limits=cpu_secs:{:?},memory_mb:{:?},open_files:{:?},processes:{:?}",
+        spec.command,
+        env.join(","),
+        secrets.join(","),
+        spec.cwd
+            .as_ref()
+            .map_or_else(|| "(inherited)".to_owned(), |c| c.display().to_string()),
+        l.cpu_secs,
+        l.memory_mb,
+        l.open_files,
+        l.processes,
+    )
+}
+
+async fn supervise(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let mut failures: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let why = run_once(&inner, &mut stop).await;
+        if *stop.borrow() {
+            break;
+        }
+        if started.elapsed() >= HEALTHY_AFTER {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let delay = backoff(failures);
+        inner.set_status(|s| {
+            s.state = HealthState::Restarting;
+            s.pid = None;
+            s.consecutive_failures = failures;
+            s.last_error = Some(why.clone());
+            s.next_attempt = Some(Instant::now() + delay);
+        });
+        if failures >= CRASH_LOOP_AFTER {
+            tracing::error!(server = %inner.name, failures, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), reason = %why,
+                "MCP server is in a crash loop; fix its command, environment or secrets in data/mcp/registry.json");
+        } else {
+            tracing::warn!(server = %inner.name, failures, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), reason = %why,
+                "MCP server stopped; restarting after a delay");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {}
+        }
+        inner.set_status(|s| s.restarts = s.restarts.saturating_add(1));
+    }
+    inner.set_status(|s| {
+        s.state = HealthState::Stopped;
+        s.pid = None;
+        s.next_attempt = None;
+    });
+}
+
+/// Runs the process once; returns why the run ended.
+async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> String {
+    let spec = &inner.spec;
+    let mut env: Vec<(String, String)> = Vec::new();
+    if !spec.env.contains_key("PATH") {
+        env.push(("PATH".into(), SAFE_PATH.into()));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut secret_env = Vec::new();
+    for (var, secret) in &spec.secrets {
+        match inner.secrets.get(&inner.name, secret).await {
+            Ok(s) => secret_env.push((var.clone(), s)),
+            Err(e) => return e,
+        }
+    }
+
+    let mut cmd = Command::new(&spec.command);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(env)
+        .envs(secret_env.iter().map(|(k, v)| (k.as_str(), v.expose())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return format!(
+                "cannot start '{}': {e}; check \"command\" and \"cwd\" in registry.json",
+                spec.command
+            );
+        }
+    };
+    drop(secret_env);
+    let Some(pid) = child.id() else {
+        return "the process exited at once".into();
+    };
+    let guard = GroupGuard(
+        i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw),
+    );
+    if let Err(e) = apply_limits(pid, &spec.limits) {
+        let _ = inner.sandbox("degraded", format!("pid={pid} {e}")).await;
+        return format!("{e}; the process was killed (limits are not optional)");
+    }
+    let detail = spawn_detail(spec, pid);
+    tracing::info!(server = %inner.name, %detail, "MCP server spawned");
+    if let Err(e) = inner.sandbox("spawn", detail).await {
+        tracing::error!(server = %inner.name, error = %e, "cannot record the spawn in the audit log; killing the process");
+        return format!("the spawn could not be recorded in the audit log ({e})");
+    }
+    inner.set_status(|s| s.pid = Some(pid));
+
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return "the process has no stdio pipes".into();
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    let writer = tokio::spawn(async move {
+        let mut stdin = stdin;
+        while let Some(mut line) = out_rx.recv().await {
+            line.push(b'\n');
+            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let conn = Arc::new(Conn::new(out_tx));
+    let (refresh_tx, mut refresh_rx) = mpsc::channel::<()>(1);
+    let mut reader = tokio::spawn(read_loop(
+        inner.name.clone(),
+        stdout,
+        conn.clone(),
+        refresh_tx,
+    ));
+    let stderr_task = tokio::spawn(log_stderr(inner.name.clone(), stderr));
+
+    let ended = async {
+        let handshake = async {
+            let init = conn
+                .request(
+                    "initialize",
+                    protocol::client_initialize_params(protocol::LATEST_PROTOCOL_VERSION),
+                    HANDSHAKE_TIMEOUT,
+                )
+                .await
+                .map_err(|e| format!("initialize failed: {e}"))?;
+            let version = init
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !protocol::UPSTREAM_PROTOCOL_VERSIONS.contains(&version) {
+                return Err(format!(
+                    "the server speaks MCP revision '{}', which aibox does not",
+                    crate::names::printable(version)
+                ));
+            }
+            conn.send(&protocol::notification("notifications/initialized", None))
+                .await
+                .map_err(|e| e.to_string())?;
+            fetch_tools(&inner.name, &conn, HANDSHAKE_TIMEOUT)
+                .await
+                .map_err(|e| format!("tools/list failed: {e}"))
+        };
+        let tools = tokio::select! {
+            r = handshake => match r {
+                Ok(t) => t,
+                Err(e) => return e,
+            },
+            status = child.wait() => return exit_text(status),
+            _ = stop.changed() => {
+                stop_child(&guard, &mut child).await;
+                return "stopped".into();
+            }
+        };
+        let count = tools.len();
+        if let Ok(mut t) = inner.tools.write() {
+            *t = Arc::new(tools);
+        }
+        if let Ok(mut c) = inner.conn.write() {
+            *c = Some(conn.clone());
+        }
+        inner.set_status(|s| {
+            s.state = HealthState::Ready;
+            s.last_error = None;
+            s.next_attempt = None;
+        });
+        tracing::info!(server = %inner.name, pid, tools = count, "MCP server ready");
+        loop {
+            tokio::select! {
+                status = child.wait() => return exit_text(status),
+                _ = stop.changed() => {
+                    stop_child(&guard, &mut child).await;
+                    return "stopped".into();
+                }
+                _ = &mut reader => {
+                    stop_child(&guard, &mut child).await;
+                    return "the server closed its stdout or wrote an oversized message".into();
+                }
+                Some(()) = refresh_rx.recv() => {
+                    match fetch_tools(&inner.name, &conn, HANDSHAKE_TIMEOUT).await {
+                        Ok(t) => {
+                            tracing::info!(server = %inner.name, tools = t.len(), "MCP server's tool list changed");
+                            if let Ok(mut cur) = inner.tools.write() {
+                                *cur = Arc::new(t);
+                            }
+                        }
+                        Err(e) => tracing::warn!(server = %inner.name, error = %e, "cannot refresh the tool list"),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    conn.close();
+    if let Ok(mut c) = inner.conn.write() {
+        *c = None;
+    }
+    writer.abort();
+    reader.abort();
+    stderr_task.abort();
+    drop(guard);
+    let _ = child.wait().await;
+    let _ = inner
+        .sandbox("exit", format!("pid={pid} {ended}"))
+        .await
+        .map_err(|e| tracing::error!(server = %inner.name, error = %e, "cannot record the exit in the audit log"));
+    ended
+}
+
+fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => format!("the process exited ({s})"),
+        Err(e) => format!("cannot wait for the process: {e}"),
+    }
+}
+
+async fn stop_child(guard: &GroupGuard, child: &mut Child) {
+    guard.signal(rustix::process::Signal::TERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        guard.signal(rustix::process::Signal::KILL);
+        let _ = child.wait().await;
+    }
+}
+
+async fn fetch_tools(
+    server: &str,
+    conn: &Conn,
+    timeout: Duration,
+) -> Result<Vec<ToolInfo>, CallError> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let result = conn.request("tools/list", params, timeout).await?;
+        let (tools, next) = tools_page(&result)?;
+        all.extend(tools);
+        match next {
+            Some(n) if Some(&n) != cursor.as_ref() => cursor = Some(n),
+            _ => break,
+        }
+    }
+    Ok(accept_tools(server, all))
+}
+
+async fn read_loop(
+    server: String,
+    stdout: tokio::process::ChildStdout,
+    conn: Arc<Conn>,
+    refresh: mpsc::Sender<()>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut buf = Vec::with_capacity(8192);
+    let limit = u64::try_from(MAX_MESSAGE_BYTES).unwrap_or(u64::MAX);
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(limit + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if buf.len() > MAX_MESSAGE_BYTES {
+            tracing::error!(server = %server, max = MAX_MESSAGE_BYTES, "the MCP server wrote a message larger than allowed; stopping it");
+            break;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => {
+                tracing::warn!(server = %server, "the MCP server wrote a non-JSON line on stdout (MCP forbids that); ignored");
+                continue;
+            }
+        };
+        let messages = match value {
+            Value::Array(items) => items,
+            v => vec![v],
+        };
+        for m in messages {
+            handle_message(&server, &conn, &refresh, m).await;
+        }
+    }
+    conn.close();
+}
+
+async fn handle_message(server: &str, conn: &Conn, refresh: &mpsc::Sender<()>, m: Value) {
+    match protocol::classify(m) {
+        Ok(Message::Response { id, outcome }) => match id.as_u64() {
+            Some(id) => conn.resolve(id, outcome),
+            None => tracing::debug!(server, "a response with an id aibox did not send; ignored"),
+        },
+        Ok(Message::Request { id, method, .. }) => {
+            // aibox offers tool servers no client features (roots,
+            // sampling, elicitation): a server must not reach back to a
+            // model or a user through the gateway.
+            let reply = if method == "ping" {
+                protocol::response(&id, json!({}))
+            } else {
+                protocol::error_response(
+                    Some(&id),
+                    &RpcError::new(
+                        codes::METHOD_NOT_FOUND,
+                        format!(
+                            "aibox does not offer '{}' to tool servers",
+                            crate::names::printable(&method)
+                        ),
+                    ),
+                )
+            };
+            let _ = conn.send(&reply).await;
+        }
+        Ok(Message::Notification { method, params }) => match method.as_str() {
+            "notifications/tools/list_changed" => {
+                let _ = refresh.try_send(());
+            }
+            "notifications/message" => {
+                let params = params.unwrap_or(Value::Null);
+                tracing::debug!(server, %params, "MCP server log message");
+            }
+            _ => {}
+        },
+        Err(e) => {
+            tracing::warn!(server, error = %e.message, "invalid JSON-RPC message from the MCP server; ignored")
+        }
+    }
+}
+
+async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::with_capacity(1024);
+    let limit = u64::try_from(STDERR_LINE_MAX).unwrap_or(4096);
+    loop {
+        buf.clear();
+        match (&mut reader).take(limit).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end();
+        if !line.is_empty() {
+            tracing::info!(target: "aibox_mcp::stderr", server = %server, line = %line, "MCP server stderr");
+        }
+    }
+}
+
+impl Upstream for StdioServer {
+    fn tools(&self) -> BoxFuture<'_, Result<Arc<Vec<ToolInfo>>, CallError>> {
+        Box::pin(async move {
+            self.live_conn(self.inner.startup_wait).await?;
+            Ok(self
+                .inner
+                .tools
+                .read()
+                .map(|t| t.clone())
+                .unwrap_or_default())
+        })
+    }
+
+    fn call<'a>(
+        &'a self,
+        tool: &'a str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let conn = self.live_conn(self.inner.startup_wait.min(timeout)).await?;
+            let left = timeout.saturating_sub(started.elapsed());
+            conn.request(
+                "tools/call",
+                json!({"name": tool, "arguments": arguments}),
+                left,
+            )
+            .await
+            .map_err(|e| match e {
+                CallError::Timeout(_) => CallError::Timeout(timeout),
+                other => other,
+            })
+        })
+    }
+
+    fn health(&self) -> ServerHealth {
+        let tools = self.inner.tools.read().map(|t| t.len()).unwrap_or(0);
+        let s = self.inner.status.lock();
+        let (state, pid, restarts, consecutive_failures, last_error, next) = match &s {
+            Ok(s) => (
+                s.state,
+                s.pid,
+                s.restarts,
+                s.consecutive_failures,
+                s.last_error.clone(),
+                s.next_attempt,
+            ),
+            Err(_) => (HealthState::Restarting, None, 0, 0, None, None),
+        };
+        ServerHealth {
+            name: self.inner.name.clone(),
+            transport: "stdio",
+            state,
+            pid,
+            restarts,
+            consecutive_failures,
+            last_error,
+            tools,
+            next_attempt_in_ms: next.map(|at| {
+                u64::try_from(at.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX)
+            }),
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.inner.stop.send(true);
+            let task = self.task.lock().ok().and_then(|mut t| t.take());
+            if let Some(task) = task {
+                // The supervisor gives the process STOP_GRACE after SIGTERM.
+                let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(2), task).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(8), Duration::from_secs(60));
+        assert_eq!(backoff(1000), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn spawn_detail_names_variables_never_values() {
+        let spec = StdioSpec {
+            command: "/usr/bin/python3".into(),
+            args: vec!["server.py".into()],
+            env: [("LOG_LEVEL".to_owned(), "debug-value".to_owned())].into(),
+            secrets: [("GITHUB_TOKEN".to_owned(), "gh".to_owned())].into(),
+            cwd: None,
+            limits: Limits {
+                cpu_secs: Some(5),
+                ..Limits::default()
+            },
+        };
+        let d = spawn_detail(&spec, 42);
+        assert!(d.contains("pid=42"), "{d}");
+        assert!(d.contains("env=[LOG_LEVEL,PATH]"), "{d}");
+        assert!(d.contains("secrets=[GITHUB_TOKEN]"), "{d}");
+        assert!(d.contains("cpu_secs:Some(5)"), "{d}");
+        assert!(!d.contains("debug-value"), "{d}");
+    }
+}

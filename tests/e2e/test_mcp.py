@@ -1,0 +1,483 @@
+"""The MCP tool gateway end to end: the official MCP Python SDK as the client.
+
+aibox serves `/mcp` (Streamable HTTP) in front of two real MCP servers
+written with the same SDK (tests/e2e/mcp_servers/): one stdio server that
+aibox starts as a child process, one Streamable HTTP server on a loopback
+port, plus the built-in filesystem server confined to a directory of the
+test. Callers authenticate with gateway API keys; CapTokens are minted here
+with the test's `AIBOX_CAPTOKEN_KEYS` (HS256 JWS, the claim set of
+crates/aibox-identity/src/captoken.rs) and presented per call in
+`params._meta["aibox/captoken"]`.
+
+Covered: tools are listed and called over stdio and HTTP, namespaced
+`SERVER__TOOL`; a client in no `allow_clients` sees no tool and cannot call
+one; calls without a valid CapToken (none, another tool's, forged, expired,
+another user's) are refused with the reason and the fix; every call,
+allowed or refused, is its own audit turn whose receipt (served at
+`/v1/audit/receipts/{turn}`) holds the `tool_call` event; the stdio process
+gets a cleared environment with only the registry's variables and the
+injected secret, its working directory and limits; slow tools time out and a
+crashed server comes back; filesystem escapes are refused; `Origin` and
+`MCP-Protocol-Version` are enforced; registry mistakes stop start-up.
+
+Note: the HTTP upstream is on 127.0.0.1, which the SSRF-safe egress refuses
+by default; the test allow-lists that host and port
+(`AIBOX_EGRESS_ALLOW_HOSTS`, `AIBOX_EGRESS_ALLOWED_PORTS`), and
+`test_remote_server_on_loopback_is_refused_without_allow_list` checks the
+refusal without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import McpError
+
+from conftest import Aibox, Cluster, Proc, base_config, clean_env
+from identity_kit import b64url, hs256, keyring_value, log_events, new_secret, raw_jws
+
+SERVERS_DIR = Path(__file__).resolve().parent / "mcp_servers"
+CAPTOKEN_SECRET = new_secret()
+CAPTOKEN_RING = [("c1", CAPTOKEN_SECRET)]
+KEY_ENV = {
+    "AIBOX_PRINCIPAL_KEYS": keyring_value([("p1", new_secret())]),
+    "AIBOX_CAPTOKEN_KEYS": keyring_value(CAPTOKEN_RING),
+}
+#: The secret aibox injects into the stdio server as API_TOKEN (interim
+#: secret source: AIBOX_MCP_SECRET_<NAME> until the vault is wired).
+INJECTED_SECRET = "tok-e2e-" + secrets.token_hex(8)
+TOOL_TIMEOUT_MS = 2000
+
+#: JSON-RPC error codes of the gateway.
+POLICY_DENIED = -32010
+CAPTOKEN_REFUSED = -32011
+UPSTREAM_TIMEOUT = -32013
+UPSTREAM_UNAVAILABLE = -32014
+
+
+# --------------------------------------------------------------------------
+# CapTokens, as aibox mints them
+# --------------------------------------------------------------------------
+
+
+def captoken(
+    tenant: str,
+    user: str,
+    ops: list[str],
+    *,
+    turn: str | None = None,
+    secret: bytes = CAPTOKEN_SECRET,
+    kid: str = "c1",
+    iat: int | None = None,
+    ttl: int = 300,
+) -> tuple[str, str]:
+    """A CapToken and its turn id."""
+    turn = turn or str(uuid.uuid4())
+    now = int(time.time()) if iat is None else iat
+    claims = {
+        "iss": "aibox",
+        "jti": b64url(secrets.token_bytes(16)),
+        "turn": turn,
+        "tenant": tenant,
+        "sub": user,
+        "ops": ops,
+        "iat": now,
+        "exp": now + ttl,
+    }
+    return raw_jws({"alg": "HS256", "typ": "JWT", "kid": kid}, claims, hs256(secret)), turn
+
+
+# --------------------------------------------------------------------------
+# The environment: two MCP servers, aibox, API keys
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    gw: Aibox
+    alice: str  # tenant acme, role tools: in allow_clients
+    bob: str  # tenant acme, no role: in no allow_clients
+    shared: Path  # FILESYSTEM_ROOT
+    workdir: Path  # the stdio server's cwd
+    http_server: Proc
+
+    def url(self) -> str:
+        return f"{self.gw.main_url}/mcp"
+
+
+def create_key(cluster: Cluster, cwd: Path, tenant: str, user: str, roles: str) -> str:
+    r = cluster.run_aibox(
+        ["apikey", "create", "--config", str(cwd / "config.yaml"), "--tenant", tenant, "--user", user, "--roles", roles],
+        cwd=cwd,
+        env=KEY_ENV,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def write_registry(cwd: Path, servers: list[str], registry: dict[str, Any]) -> None:
+    mcp_dir = cwd / "data" / "mcp"
+    mcp_dir.mkdir(parents=True, exist_ok=True)
+    (mcp_dir / "servers.txt").write_text("# enabled MCP servers\n" + "\n".join(servers) + "\n")
+    (mcp_dir / "registry.json").write_text(json.dumps({"servers": registry}, indent=2))
+
+
+def gateway_config() -> dict[str, Any]:
+    cfg = base_config()
+    cfg["log"] = {"format": "json"}
+    cfg["auth"] = {"enabled": True, "api_keys": True}
+    return cfg
+
+
+def stdio_server(**extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(SERVERS_DIR / "stdio_server.py")],
+    }
+    entry.update(extra)
+    return entry
+
+
+@pytest.fixture(scope="module")
+def env(module_cluster: Cluster) -> Env:
+    http_dir = module_cluster._dir("mcp-http-")
+    http_server = Proc("mcp-http", [sys.executable, str(SERVERS_DIR / "http_server.py")], http_dir, clean_env())
+    module_cluster.others.append(http_server)
+    http_addr = http_server.wait_for(re.compile(r"^LISTENING (\S+)$", re.M)).group(1)
+
+    cwd = module_cluster.aibox_dir()
+    shared = cwd / "shared"
+    (shared / "docs").mkdir(parents=True)
+    (shared / "docs" / "note.txt").write_text("shared note")
+    (cwd / "shared2").mkdir()
+    (cwd / "shared2" / "secret.txt").write_text("SECRET-SIBLING")
+    (cwd / "outside.txt").write_text("SECRET-OUTSIDE")
+    os.symlink(cwd / "outside.txt", shared / "link-out")
+    workdir = cwd / "work"
+    workdir.mkdir()
+    write_registry(
+        cwd,
+        ["local", "remote", "filesystem", "closed"],
+        {
+            "local": stdio_server(
+                env={"GREETING": "hello"},
+                secrets={"API_TOKEN": "api-token"},
+                cwd=str(workdir),
+                limits={"open_files": 128},
+                timeout_ms=TOOL_TIMEOUT_MS,
+                allow_clients=["tenant:acme&role:tools"],
+                tools={"deny": ["danger"]},
+            ),
+            "remote": {
+                "transport": "http",
+                "url": f"http://{http_addr}/mcp",
+                "allow_clients": ["tenant:acme&role:tools"],
+            },
+            "filesystem": {"transport": "builtin", "allow_clients": ["user:acme/alice"]},
+            "closed": stdio_server(allow_clients=[]),
+            "unused": stdio_server(),
+        },
+    )
+    gw = module_cluster.aibox(
+        gateway_config(),
+        env={
+            **KEY_ENV,
+            "FILESYSTEM_ROOT": str(shared),
+            "AIBOX_MCP_SECRET_API_TOKEN": INJECTED_SECRET,
+            # The SSRF-safe egress refuses loopback: the test's HTTP MCP
+            # server is allow-listed explicitly, host and port.
+            "AIBOX_EGRESS_ALLOW_HOSTS": "127.0.0.1",
+            "AIBOX_EGRESS_ALLOWED_PORTS": http_addr.rsplit(":", 1)[1],
+        },
+        cwd=cwd,
+    )
+    alice = create_key(module_cluster, cwd, "acme", "alice", "tools")
+    bob = create_key(module_cluster, cwd, "acme", "bob", "viewer")
+    return Env(gw, alice, bob, shared, workdir, http_server)
+
+
+# --------------------------------------------------------------------------
+# The MCP client
+# --------------------------------------------------------------------------
+
+
+def with_session(env: Env, key: str, fn: Callable[[ClientSession], Awaitable[Any]]) -> Any:
+    """Runs `fn` in an initialized MCP session as the holder of `key`."""
+
+    async def go() -> Any:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=60)) as client:
+            async with streamable_http_client(env.url(), http_client=client) as (read, write, _):
+                async with ClientSession(read, write) as session:
+                    init = await session.initialize()
+                    # The SDK asks for its newest revision; aibox answers
+                    # with 2025-06-18, which the SDK accepts.
+                    assert init.protocolVersion == "2025-06-18", init
+                    return await fn(session)
+
+    return asyncio.run(go())
+
+
+def tool_names(env: Env, key: str) -> list[str]:
+    async def fn(s: ClientSession) -> list[str]:
+        return sorted(t.name for t in (await s.list_tools()).tools)
+
+    return with_session(env, key, fn)
+
+
+def call(env: Env, key: str, tool: str, args: dict[str, Any], token: str | None) -> Any:
+    """The CallToolResult, or the McpError."""
+
+    async def fn(s: ClientSession) -> Any:
+        meta = {"aibox/captoken": token} if token else None
+        try:
+            return await s.call_tool(tool, args, meta=meta)
+        except McpError as e:
+            return e
+
+    return with_session(env, key, fn)
+
+
+def text(result: Any) -> str:
+    assert not isinstance(result, McpError), f"the call failed: {result.error}"
+    return "".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+def receipt_events(env: Env, key: str, turn: str) -> list[dict[str, Any]]:
+    r = env.gw.http().get(f"/v1/audit/receipts/{turn}", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, f"no receipt for turn {turn}: {r.status_code} {r.text}"
+    return [json.loads(e) for e in r.json()["events"]]
+
+
+def tool_call_event(env: Env, key: str, turn: str) -> dict[str, Any]:
+    events = receipt_events(env, key, turn)
+    assert [e["type"] for e in events][0] == "request_received", events
+    assert events[0]["route"] == "/mcp"
+    assert events[-1]["type"] == "turn_end", events
+    calls = [e for e in events if e["type"] == "tool_call"]
+    assert len(calls) == 1, events
+    return calls[0]
+
+
+def error_turn(err: McpError) -> str:
+    return err.error.data["turn"]
+
+
+# --------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------
+
+
+def test_list_and_call_over_stdio_and_http_with_audit_receipts(env: Env):
+    names = tool_names(env, env.alice)
+    for want in ["local__echo", "local__add", "local__env_names", "remote__weather", "remote__upper", "filesystem__read_file", "filesystem__list_directory"]:
+        assert want in names, names
+    assert "local__danger" not in names, "a tool the registry denies was listed"
+    assert not [n for n in names if n.startswith(("closed__", "unused__"))], names
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", n) for n in names), "names must be valid OpenAI function names"
+
+    # stdio
+    token, parent = captoken("acme", "alice", ["tool:local/add", "tool:remote/weather"])
+    args = {"a": 2, "b": 3}
+    result = call(env, env.alice, "local__add", args, token)
+    assert text(result) == "5"
+    assert result.structuredContent == {"result": 5}
+    turn = result.meta["aibox/turn"]
+    ev = tool_call_event(env, env.alice, turn)
+    assert (ev["server"], ev["tool"], ev["outcome"]) == ("local", "add", {"outcome": "ok"}), ev
+    assert ev["parent_turn"] == parent
+    assert ev["arguments_sha256"] == hashlib.sha256(json.dumps(args, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", ev["result_sha256"]), ev
+    # The arguments themselves are never in the log.
+    assert '"a":2' not in json.dumps(receipt_events(env, env.alice, turn), separators=(",", ":"))
+
+    # HTTP, with the same turn's token (a CapToken serves all calls of its turn).
+    result = call(env, env.alice, "remote__weather", {"city": "Oslo"}, token)
+    assert text(result) == "sunny in Oslo"
+    ev = tool_call_event(env, env.alice, result.meta["aibox/turn"])
+    assert (ev["server"], ev["tool"], ev["outcome"], ev["parent_turn"]) == ("remote", "weather", {"outcome": "ok"}, parent)
+
+    # A receipt of another tenant's principal is not served.
+    r = env.gw.http().get(f"/v1/audit/receipts/{turn}")
+    assert r.status_code == 401
+
+
+def test_client_not_in_allow_clients_sees_no_tools_and_cannot_call_any(env: Env):
+    assert tool_names(env, env.bob) == []
+    for tool in ["local__echo", "remote__weather", "filesystem__read_file", "closed__echo"]:
+        server, name = tool.split("__", 1)
+        token, _ = captoken("acme", "bob", [f"tool:{server}/{name}"])
+        err = call(env, env.bob, tool, {"text": "hi", "city": "x", "path": "docs/note.txt"}, token)
+        assert isinstance(err, McpError), f"bob called {tool}: {err}"
+        assert err.error.code == POLICY_DENIED, err.error
+        assert err.error.data["reason"] == "client_not_allowed"
+        assert "allow_clients" in err.error.message
+        ev = tool_call_event(env, env.bob, error_turn(err))
+        assert ev["outcome"] == {"outcome": "denied", "reason": "client_not_allowed"}, ev
+        assert ev["result_sha256"] is None
+
+
+def test_calls_without_a_valid_captoken_are_refused_and_recorded(env: Env):
+    now = int(time.time())
+    cases = [
+        ("none", None, "captoken_missing"),
+        ("another tool", captoken("acme", "alice", ["tool:local/add"])[0], "captoken_op_not_granted"),
+        ("another server", captoken("acme", "alice", ["tool:remote/*"])[0], "captoken_op_not_granted"),
+        ("forged", captoken("acme", "alice", ["tool:local/echo"], secret=new_secret())[0], "captoken_invalid"),
+        ("unknown key", captoken("acme", "alice", ["tool:local/echo"], kid="c9")[0], "captoken_invalid"),
+        ("expired", captoken("acme", "alice", ["tool:local/echo"], iat=now - 3600)[0], "captoken_invalid"),
+        ("another user", captoken("acme", "bob", ["tool:local/echo"])[0], "captoken_wrong_principal"),
+        ("another tenant", captoken("globex", "alice", ["tool:local/echo"])[0], "captoken_wrong_principal"),
+        ("garbage", "not-a-token", "captoken_invalid"),
+    ]
+    for what, token, reason in cases:
+        err = call(env, env.alice, "local__echo", {"text": "hi"}, token)
+        assert isinstance(err, McpError), f"{what}: the call was not refused: {err}"
+        assert err.error.code == CAPTOKEN_REFUSED, (what, err.error)
+        assert err.error.data["reason"] == reason, (what, err.error)
+        assert "fix:" in err.error.message, err.error.message
+        ev = tool_call_event(env, env.alice, error_turn(err))
+        assert ev["server"] == "local" and ev["tool"] == "echo", ev
+        assert ev["outcome"] == {"outcome": "denied", "reason": reason}, ev
+        assert ev["parent_turn"] is None
+    err = call(env, env.alice, "local__echo", {"text": "hi"}, None)
+    assert "aibox/captoken" in err.error.message, "the refusal must name where the CapToken goes"
+    # And with a valid one, the same call works.
+    token, _ = captoken("acme", "alice", ["tool:local/echo"])
+    assert text(call(env, env.alice, "local__echo", {"text": "hi"}, token)) == "hi"
+
+
+def test_stdio_server_gets_only_the_registry_environment_and_its_limits(env: Env):
+    token, _ = captoken("acme", "alice", ["tool:local/*"])
+    names = call(env, env.alice, "local__env_names", {}, token).structuredContent["result"]
+    assert {"PATH", "GREETING", "API_TOKEN"} <= set(names), names
+    # Python may add LC_CTYPE itself (PEP 538); nothing of aibox's leaks.
+    assert set(names) <= {"PATH", "GREETING", "API_TOKEN", "LC_CTYPE"}, names
+    assert text(call(env, env.alice, "local__env_value", {"name": "API_TOKEN"}, token)) == INJECTED_SECRET
+    assert text(call(env, env.alice, "local__env_value", {"name": "PATH"}, token)) == "/usr/local/bin:/usr/bin:/bin"
+    assert Path(text(call(env, env.alice, "local__cwd", {}, token))).resolve() == env.workdir.resolve()
+    limits = call(env, env.alice, "local__limits", {}, token).structuredContent
+    assert limits["nofile"] == 128, limits
+    # The spawn is logged with variable names, never values.
+    spawns = [e for e in log_events(env.gw.stderr()) if e.get("message") == "MCP server spawned" and e.get("server") == "local"]
+    assert spawns, "no spawn log line"
+    assert "API_TOKEN" in spawns[0]["detail"] and INJECTED_SECRET not in env.gw.stderr()
+
+
+def test_slow_tool_times_out_and_crashed_server_comes_back(env: Env):
+    token, _ = captoken("acme", "alice", ["tool:local/*"])
+    started = time.monotonic()
+    err = call(env, env.alice, "local__sleep", {"seconds": 30}, token)
+    elapsed = time.monotonic() - started
+    assert isinstance(err, McpError), err
+    assert err.error.code == UPSTREAM_TIMEOUT, err.error
+    assert f"{TOOL_TIMEOUT_MS} ms" in err.error.message
+    assert elapsed < TOOL_TIMEOUT_MS / 1000 + 3, elapsed
+    ev = tool_call_event(env, env.alice, error_turn(err))
+    assert ev["outcome"] == {"outcome": "failed", "reason": "timeout"}, ev
+
+    err = call(env, env.alice, "local__crash", {}, token)
+    assert isinstance(err, McpError) and err.error.code == UPSTREAM_UNAVAILABLE, err
+    deadline = time.monotonic() + 20
+    while True:
+        r = call(env, env.alice, "local__echo", {"text": "back"}, token)
+        if not isinstance(r, McpError):
+            assert text(r) == "back"
+            break
+        assert time.monotonic() < deadline, f"the stdio server did not come back: {r.error}"
+        time.sleep(0.2)
+    spawns = [e for e in log_events(env.gw.stderr()) if e.get("message") == "MCP server spawned" and e.get("server") == "local"]
+    assert len(spawns) >= 2, "the crashed server was not spawned again"
+
+
+def test_filesystem_server_is_confined(env: Env):
+    token, _ = captoken("acme", "alice", ["tool:filesystem/*"])
+    assert text(call(env, env.alice, "filesystem__read_file", {"path": "docs/note.txt"}, token)) == "shared note"
+    assert "[DIR] docs" in text(call(env, env.alice, "filesystem__list_directory", {"path": "."}, token))
+    escapes = [
+        "../outside.txt",
+        "../shared2/secret.txt",
+        "docs/../../outside.txt",
+        "/etc/passwd",
+        str(env.shared.parent / "outside.txt"),
+        "link-out",
+        "..",
+    ]
+    for path in escapes:
+        r = call(env, env.alice, "filesystem__read_file", {"path": path}, token)
+        assert not isinstance(r, McpError), r
+        assert r.isError, f"{path} was not refused: {text(r)}"
+        assert "SECRET" not in text(r)
+    r = call(env, env.alice, "filesystem__write_file", {"path": "../pwned.txt", "content": "x"}, token)
+    assert r.isError and not (env.shared.parent / "pwned.txt").exists()
+
+
+def test_origin_protocol_version_and_authentication_on_the_wire(env: Env):
+    http = env.gw.http()
+    auth = {"Authorization": f"Bearer {env.alice}", "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    r = http.post("/mcp", json=init, headers={**auth, "Origin": "http://evil.example"})
+    assert r.status_code == 403, r.text
+    r = http.post("/mcp", json=init, headers={"Accept": auth["Accept"]})
+    assert r.status_code == 401, r.text
+    r = http.post("/mcp", json=init, headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["protocolVersion"] == "2025-03-26"
+    sid = r.headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    r = http.post("/mcp", json=ping, headers={**auth, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-03-26"})
+    assert r.status_code == 200 and r.json()["result"] == {}, r.text
+    r = http.post("/mcp", json=ping, headers={**auth, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "1999-01-01"})
+    assert r.status_code == 400, r.text
+    r = http.post("/mcp", json=ping, headers={"Authorization": f"Bearer {env.bob}", "Accept": auth["Accept"], "Mcp-Session-Id": sid})
+    assert r.status_code == 404, "another principal must not use the session"
+    assert http.get("/mcp", headers=auth).status_code == 405
+    assert http.delete("/mcp", headers={**auth, "Mcp-Session-Id": sid}).status_code == 204
+    r = http.post("/mcp", json=ping, headers={**auth, "Mcp-Session-Id": sid})
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("servers", "registry", "words"),
+    [
+        (["ghost"], {}, ["ghost", "registry.json", "fix:"]),
+        (["local"], {"local": stdio_server(env={"GITHUB_TOKEN": "ghp_plaintext_value_123"}, allow_clients=["*"])}, ["GITHUB_TOKEN", "secrets", "vault"]),
+        (["local"], {"local": stdio_server(allow_clients=["team:x"])}, ["allow_clients", "team:x"]),
+        (["local"], {"local": stdio_server(colour="blue")}, ["unknown field", "colour"]),
+        (["filesystem"], {"filesystem": {"transport": "builtin", "allow_clients": []}}, ["FILESYSTEM_ROOT"]),
+    ],
+    ids=["unknown-server", "plaintext-secret", "bad-selector", "unknown-field", "filesystem-without-root"],
+)
+def test_registry_mistakes_stop_start_up(cluster: Cluster, servers, registry, words):
+    cwd = cluster.aibox_dir()
+    write_registry(cwd, servers, registry)
+    _, stderr = cluster.aibox_must_refuse_to_start(gateway_config(), env=KEY_ENV, cwd=cwd)
+    for w in words:
+        assert w in stderr, f"'{w}' missing from:\n{stderr}"
+    assert "ghp_plaintext_value_123" not in stderr
+
+
+def test_filesystem_root_must_not_be_a_home_or_the_root(cluster: Cluster):
+    for root in ["/", "/root", str(Path.home())]:
+        cwd = cluster.aibox_dir()
+        write_registry(cwd, ["filesystem"], {"filesystem": {"transport": "builtin", "allow_clients": ["*"]}})
+        _, stderr = cluster.aibox_must_refuse_to_start(
+            gateway_config(), env={**KEY_ENV, "FILESYSTEM_ROOT": root, "HOME": str(Path.home())}, cwd=cwd
+        )
+        assert "FILESYSTEM_ROOT" in stderr and "fix:" in stderr, stderr
