@@ -217,11 +217,13 @@ def env(module_cluster: Cluster) -> Env:
 # --------------------------------------------------------------------------
 
 
-def with_session(env: Env, key: str, fn: Callable[[ClientSession], Awaitable[Any]]) -> Any:
+def with_session(
+    env: Env, key: str, fn: Callable[[ClientSession], Awaitable[Any]], extra: dict[str, str] | None = None
+) -> Any:
     """Runs `fn` in an initialized MCP session as the holder of `key`."""
 
     async def go() -> Any:
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = {"Authorization": f"Bearer {key}", **(extra or {})}
         async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=60)) as client:
             async with streamable_http_client(env.url(), http_client=client) as (read, write, _):
                 async with ClientSession(read, write) as session:
@@ -316,6 +318,27 @@ def test_list_and_call_over_stdio_and_http_with_audit_receipts(env: Env):
     # A receipt of another tenant's principal is not served.
     r = env.gw.http().get(f"/v1/audit/receipts/{turn}")
     assert r.status_code == 401
+
+
+def test_captoken_in_the_x_aibox_captoken_header(env: Env):
+    """An agent runtime holds its turn's CapToken as a header, as aibox sent
+    it; the edge moves it out of the headers and the MCP gateway verifies it.
+    A route audience (a token minted for a downstream service) is accepted,
+    another audience is not, and two copies of the header count as none."""
+
+    async def add(s: ClientSession) -> Any:
+        try:
+            return await s.call_tool("local__add", {"a": 1, "b": 1})
+        except McpError as e:
+            return e
+
+    token, _ = captoken("acme", "alice", ["tool:local/add"])
+    assert text(with_session(env, env.alice, add, {"X-Aibox-CapToken": token})) == "2"
+    forged, _ = captoken("acme", "alice", ["tool:local/add"], secret=b"x" * 32)
+    err = with_session(env, env.alice, add, {"X-Aibox-CapToken": forged})
+    assert isinstance(err, McpError) and err.error.code == CAPTOKEN_REFUSED, err
+    err = with_session(env, env.alice, add)
+    assert isinstance(err, McpError) and err.error.code == CAPTOKEN_REFUSED, err
 
 
 def test_client_not_in_allow_clients_sees_no_tools_and_cannot_call_any(env: Env):

@@ -97,6 +97,7 @@ pub enum SetupError {
 
 impl AppState {
     /// Assembles the state from the config and the parts the binary built.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         router: Arc<ModelRouter>,

@@ -223,12 +223,13 @@ pub async fn start(
     audit: AuditLog,
     store: aibox_store::Store,
     guardrail: Arc<crate::guard::GuardrailHandle>,
+    route_audiences: Vec<String>,
 ) -> Result<Arc<McpGateway>, McpError> {
     let egress = aibox_egress::EgressGuard::with_system_resolver(prepared.egress)
         .map_err(|e| McpError::Client(e.to_string()))?;
     let (tenant, user) = prepared.owner;
     let deps = McpDeps {
-        captoken: CapTokenVerifier::new(&keys.captoken),
+        captoken: CapTokenVerifier::new(&keys.captoken).also_accepting(route_audiences),
         audit: Arc::new(AuditLogSink(audit)),
         guard: Arc::new(GuardrailToolGuard(guardrail)),
         egress: Arc::new(GuardedEgress(egress)),

@@ -259,6 +259,7 @@ impl CapTokenMinter {
 pub struct CapTokenVerifier {
     keys: Vec<(String, DecodingKey)>,
     audience: Option<String>,
+    also: Vec<String>,
     leeway: Duration,
 }
 
@@ -280,6 +281,7 @@ impl CapTokenVerifier {
         Self {
             keys: hmac_keys(keyring),
             audience: None,
+            also: Vec::new(),
             leeway: DEFAULT_LEEWAY,
         }
     }
@@ -290,6 +292,16 @@ impl CapTokenVerifier {
     #[must_use]
     pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = Some(audience.into());
+        self
+    }
+
+    /// Also accepts tokens minted for these audiences. The MCP gateway uses
+    /// this for the route audiences of aibox's own downstream routes: an
+    /// agent runtime behind a route receives its turn's CapToken and calls
+    /// back into `/mcp` with it.
+    #[must_use]
+    pub fn also_accepting(mut self, audiences: impl IntoIterator<Item = String>) -> Self {
+        self.also.extend(audiences);
         self
     }
 
@@ -325,6 +337,7 @@ impl CapTokenVerifier {
         check_times(claims.iat, claims.exp, now, self.leeway)?;
         if let Some(aud) = &claims.aud
             && self.audience.as_deref() != Some(aud.as_str())
+            && !self.also.iter().any(|a| a == aud)
         {
             return Err(VerifyError::WrongAudience);
         }
@@ -457,6 +470,24 @@ mod tests {
         // Unique ids.
         let again = mint(&CapTokenMinter::new(&r), &f, None);
         assert_ne!(again.jti, minted.jti);
+    }
+
+    #[test]
+    fn also_accepted_audiences_extend_but_never_replace_the_check() {
+        let r = ring(&[("c1", 1)]);
+        let f = fixture();
+        let m = CapTokenMinter::new(&r);
+        let route = mint(&m, &f, Some("agent-runtime")).token;
+        let other = mint(&m, &f, Some("memory")).token;
+        let v = CapTokenVerifier::new(&r)
+            .also_accepting(["agent-runtime".to_owned()])
+            .with_audience("aibox-mcp");
+        v.verify(&route, None, "tool:search/web", t(NOW)).unwrap();
+        assert_eq!(
+            v.verify(&other, None, "tool:search/web", t(NOW))
+                .unwrap_err(),
+            VerifyError::WrongAudience
+        );
     }
 
     #[test]

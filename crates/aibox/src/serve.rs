@@ -204,9 +204,15 @@ async fn serve(
         key_version = audit.key_version(),
         "audit log open"
     );
-    let mcp =
-        aibox_gateway::mcp::start(mcp, &keys, audit.clone(), store.clone(), guardrail.clone())
-            .await?;
+    let mcp = aibox_gateway::mcp::start(
+        mcp,
+        &keys,
+        audit.clone(),
+        store.clone(),
+        guardrail.clone(),
+        cfg.routes.iter().map(|r| r.audience.clone()).collect(),
+    )
+    .await?;
     let mut state = AppState::new(
         cfg.clone(),
         router,
