@@ -79,6 +79,8 @@ pub struct StreamScanner {
     profile: Profile,
     holdback: usize,
     strict_release: bool,
+    /// The tenant's guardrail is off: deltas pass straight through.
+    passthrough: bool,
     vault: TurnVault,
     /// The last released raw bytes, as context for the next scan.
     context: String,
@@ -108,6 +110,7 @@ impl StreamScanner {
         let profile = guardrail.profile_for(tenant);
         let table = profile.table();
         StreamScanner {
+            passthrough: !guardrail.enabled_for(tenant),
             holdback: table.stream_holdback,
             strict_release: table.stream_release_scanned_only,
             guardrail,
@@ -136,6 +139,9 @@ impl StreamScanner {
         if let Some(b) = &self.blocked {
             return b.clone();
         }
+        if self.passthrough {
+            return StreamStep::Release(delta.to_owned());
+        }
         self.pending.push_str(delta);
         if self.pending.len() < self.scanned_len + SCAN_STEP || self.pending.len() <= self.holdback
         {
@@ -144,10 +150,14 @@ impl StreamScanner {
         self.step(false)
     }
 
-    /// Ends the stream: scans and releases the tail (or blocks).
+    /// Ends the stream: scans and releases the tail (possibly empty), or
+    /// blocks.
     pub fn finish(&mut self) -> StreamStep {
         if let Some(b) = &self.blocked {
             return b.clone();
+        }
+        if self.pending.is_empty() {
+            return StreamStep::Release(String::new());
         }
         self.step(true)
     }
@@ -205,7 +215,11 @@ impl StreamScanner {
             self.release_point(&v, ctx, &window)
         };
         if r == 0 {
-            return StreamStep::Hold;
+            return if finishing {
+                StreamStep::Release(String::new())
+            } else {
+                StreamStep::Hold
+            };
         }
         // Findings in pending coordinates for redaction of the segment.
         let shifted: Vec<Finding> = v
@@ -518,6 +532,15 @@ mod tests {
             out.contains("I will email jane@example.org today."),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_disabled_guardrail_holds_nothing_back() {
+        let c = Constitution::from_yaml("enabled: false\n", "c.yaml").unwrap();
+        let g = Arc::new(Guardrail::new(&c).unwrap());
+        let mut s = StreamScanner::new(g, "t", GuardStage::Output, TurnVault::new());
+        assert_eq!(s.push("hello"), StreamStep::Release("hello".into()));
+        assert_eq!(s.finish(), StreamStep::Release(String::new()));
     }
 
     #[test]

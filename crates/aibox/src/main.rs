@@ -9,6 +9,7 @@ mod devkeys;
 mod doctor;
 mod egress_cmd;
 mod envfile;
+mod guardrail_cmd;
 mod keys;
 mod serve;
 mod vaultkeys;
@@ -44,6 +45,9 @@ enum Command {
         command: ApikeyCommand,
     },
     /// List and rotate the signing keyrings.
+    /// Validate a constitution; evaluate the scanners on a labelled corpus.
+    #[command(subcommand)]
+    Guardrail(guardrail_cmd::GuardrailCommand),
     /// Host firewall rules against SSRF from tool containers (seed 004 §1):
     /// print, apply or remove the DOCKER-USER / nftables rules.
     Egress(egress_cmd::EgressArgs),
@@ -255,6 +259,7 @@ fn main() -> ExitCode {
                 .and_then(|()| vault_keys(config, &env_file, Some(&kid))),
         },
         Command::Egress(args) => egress_cmd::run(args),
+        Command::Guardrail(cmd) => guardrail_cmd::run(cmd),
         Command::Bootstrap {
             env_file,
             config,
