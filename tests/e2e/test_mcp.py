@@ -504,3 +504,26 @@ def test_filesystem_root_must_not_be_a_home_or_the_root(cluster: Cluster):
             gateway_config(), env={**KEY_ENV, "FILESYSTEM_ROOT": root, "HOME": str(Path.home())}, cwd=cwd
         )
         assert "FILESYSTEM_ROOT" in stderr and "fix:" in stderr, stderr
+
+
+def test_stdio_secrets_come_from_the_vault(cluster: Cluster):
+    """Issue 7 with issue 6: a stdio server's `secrets` are read from the
+    vault of the MCP secrets owner (`_aibox/mcp`), stored there over the
+    vault API, and injected into the child's environment; nothing in the
+    registry or the environment holds the value."""
+    cwd = cluster.aibox_dir()
+    value = "vault-held-" + secrets.token_hex(8)
+    gw = cluster.aibox(gateway_config(), env=KEY_ENV, cwd=cwd)
+    owner = create_key(cluster, cwd, "_aibox", "mcp", "ops")
+    r = gw.http().put("/v1/secrets/api-token", json={"value": value}, headers={"Authorization": f"Bearer {owner}"})
+    assert r.status_code == 204, r.text
+    assert gw.proc.stop(10.0) == 0
+    cluster.gateways.remove(gw)
+
+    write_registry(cwd, ["local"], {"local": stdio_server(secrets={"API_TOKEN": "api-token"}, allow_clients=["*"])})
+    gw = cluster.aibox(gateway_config(), env=KEY_ENV, cwd=cwd)
+    alice = create_key(cluster, cwd, "acme", "alice", "tools")
+    env = Env(gw, alice, alice, cwd, cwd, gw.proc)
+    token, _ = captoken("acme", "alice", ["tool:local/env_value"])
+    assert text(call(env, alice, "local__env_value", {"name": "API_TOKEN"}, token)) == value
+    assert value not in gw.stderr() and value not in (cwd / "data" / "mcp" / "registry.json").read_text()
