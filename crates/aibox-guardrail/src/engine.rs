@@ -215,10 +215,8 @@ fn build_index(
             add(lit, Target::Injection(r));
         }
     }
-    for (lit, rules) in secrets.keywords() {
-        for &r in rules {
-            add(lit, Target::Secret(r));
-        }
+    for (t, lit) in secrets.triggers().enumerate() {
+        add(lit, Target::Secret(t));
     }
     for (phrase, t) in topics.phrases() {
         add(phrase, Target::Topic(t));
@@ -404,8 +402,8 @@ impl Guardrail {
                         Target::Injection(rule) if run_inj => {
                             inj_hits.push(injection::Hit { rule, pos: at })
                         }
-                        Target::Secret(rule) if run_sec => sec_hits.push(secrets::Hit {
-                            rule,
+                        Target::Secret(trigger) if run_sec => sec_hits.push(secrets::Hit {
+                            trigger,
                             pos: norm.to_original(at),
                         }),
                         Target::Topic(topic) if run_topics => p.index.topics.verify(

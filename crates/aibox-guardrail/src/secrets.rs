@@ -24,8 +24,6 @@
 //! network call carrying the secret to a third party, which is exactly the
 //! leak this scanner exists to stop.
 
-use std::collections::HashMap;
-
 use aibox_core::audit::GuardAction;
 use regex::bytes::{Regex, RegexBuilder};
 
@@ -338,8 +336,8 @@ pub const RULES: &[RuleDef] = &[
     ),
     pre(
         "gitlab_runner_token",
-        &["glrt-", "GR1348941"],
-        r"(?:glrt-[A-Za-z0-9_.-]{20,}|GR1348941[A-Za-z0-9_-]{20})",
+        &["glrt-"],
+        r"glrt-[A-Za-z0-9_.-]{20,}",
         80,
         3.3,
     ),
@@ -359,7 +357,9 @@ pub const RULES: &[RuleDef] = &[
     ),
     pre(
         "atlassian_api_token",
-        &["ATATT3"],
+        // The trigger stops before the digit: prefixes are found in the
+        // folded text, where leetspeak may have rewritten digits in a word.
+        &["ATATT"],
         r"ATATT3[A-Za-z0-9_=-]{150,250}",
         260,
         4.0,
@@ -367,7 +367,7 @@ pub const RULES: &[RuleDef] = &[
     pre("npm_token", &["npm_"], r"npm_[A-Za-z0-9]{36}", 44, 3.5),
     pre(
         "pypi_token",
-        &["pypi-AgEIcHlwaS5vcmc"],
+        &["pypi-AgEIcHlwa"],
         r"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",
         330,
         3.5,
@@ -976,17 +976,25 @@ struct Compiled {
     regex: Regex,
 }
 
+/// One trigger literal and the rules it starts.
+#[derive(Debug, Clone)]
+struct TriggerEntry {
+    /// The literal as it appears in the folded text.
+    folded: String,
+    /// For a prefix: the exact, case-sensitive literal the original must
+    /// hold at the trigger.
+    exact: Option<&'static str>,
+    /// The rules, in table order.
+    rules: Vec<usize>,
+}
+
 /// The compiled secrets scanner.
 pub struct SecretScanner {
     rules: Vec<Compiled>,
-    /// Prefix literals, matched case-sensitively at word starts.
-    prefixes: KeywordIndex,
-    /// For each prefix literal, the rules it triggers, in table order.
-    prefix_rules: Vec<Vec<usize>>,
-    /// Each keyword literal with the rules it triggers.
-    keywords: Vec<(&'static str, Vec<usize>)>,
-    /// The keywords, for scanning folded text without the engine.
-    keyword_index: KeywordIndex,
+    /// Every trigger (prefixes and keywords), found in the folded text.
+    triggers: Vec<TriggerEntry>,
+    /// The triggers, for scanning without the engine.
+    index: KeywordIndex,
 }
 
 impl std::fmt::Debug for SecretScanner {
@@ -1007,11 +1015,11 @@ pub struct RuleError {
     pub reason: String,
 }
 
-/// A secret-rule trigger found in a text.
+/// A secret trigger found in a text.
 #[derive(Debug, Clone, Copy)]
 pub struct Hit {
-    /// Index into [`RULES`].
-    pub rule: usize,
+    /// Index into [`SecretScanner::triggers`].
+    pub trigger: usize,
     /// Original byte offset of the trigger.
     pub pos: usize,
 }
@@ -1020,10 +1028,7 @@ impl SecretScanner {
     /// Compiles the rule table.
     pub fn new() -> Result<SecretScanner, RuleError> {
         let mut rules = Vec::with_capacity(RULES.len());
-        let mut prefix_lits: Vec<&'static str> = Vec::new();
-        let mut prefix_rules: Vec<Vec<usize>> = Vec::new();
-        let mut kw_map: HashMap<&'static str, Vec<usize>> = HashMap::new();
-        let mut kw_order: Vec<&'static str> = Vec::new();
+        let mut triggers: Vec<TriggerEntry> = Vec::new();
         for (idx, def) in RULES.iter().enumerate() {
             let pat = if def.back == 0 {
                 format!("^(?:{})", def.pattern)
@@ -1041,48 +1046,38 @@ impl SecretScanner {
                     reason: e.to_string(),
                 })?;
             rules.push(Compiled { def, regex });
-            match def.trigger {
-                Trigger::Prefix(lits) => {
-                    for lit in lits {
-                        match prefix_lits.iter().position(|l| l == lit) {
-                            Some(p) => prefix_rules[p].push(idx),
-                            None => {
-                                prefix_lits.push(lit);
-                                prefix_rules.push(vec![idx]);
-                            }
-                        }
-                    }
-                }
-                Trigger::Keyword(lits) => {
-                    for lit in lits {
-                        let e = kw_map.entry(lit).or_insert_with(|| {
-                            kw_order.push(lit);
-                            Vec::new()
-                        });
-                        e.push(idx);
-                    }
+            let (lits, prefix) = match def.trigger {
+                Trigger::Prefix(l) => (l, true),
+                Trigger::Keyword(l) => (l, false),
+            };
+            for lit in lits {
+                let folded = normalize::fold_phrase(lit);
+                let exact = prefix.then_some(*lit);
+                match triggers
+                    .iter_mut()
+                    .find(|t| t.folded == folded && t.exact == exact)
+                {
+                    Some(t) => t.rules.push(idx),
+                    None => triggers.push(TriggerEntry {
+                        folded,
+                        exact,
+                        rules: vec![idx],
+                    }),
                 }
             }
         }
-        let prefixes = KeywordIndex::new(prefix_lits.iter().map(|l| l.as_bytes()));
-        let keywords: Vec<(&'static str, Vec<usize>)> = kw_order
-            .iter()
-            .map(|k| (*k, kw_map.remove(k).unwrap_or_default()))
-            .collect();
-        let keyword_index = KeywordIndex::new(keywords.iter().map(|(k, _)| k.as_bytes()));
+        let index = KeywordIndex::new(triggers.iter().map(|t| t.folded.as_bytes()));
         Ok(SecretScanner {
             rules,
-            prefixes,
-            prefix_rules,
-            keywords,
-            keyword_index,
+            triggers,
+            index,
         })
     }
 
-    /// The keyword literals (lower case) and the rules each triggers, for
-    /// the engine's combined pass over the folded text.
-    pub fn keywords(&self) -> &[(&'static str, Vec<usize>)] {
-        &self.keywords
+    /// The trigger literals as they appear in folded text, in
+    /// [`Hit::trigger`] order, for the engine's combined pass.
+    pub fn triggers(&self) -> impl Iterator<Item = &str> {
+        self.triggers.iter().map(|t| t.folded.as_str())
     }
 
     /// The number of rules.
@@ -1090,50 +1085,53 @@ impl SecretScanner {
         self.rules.len()
     }
 
-    /// Scans `text` on its own: folds it, finds keyword triggers, then
+    /// Scans `text` on its own: folds it, finds the triggers, then
     /// verifies. The engine uses [`SecretScanner::scan_with_hits`] instead,
     /// sharing one pass over the folded text with the other scanners.
     pub fn scan(&self, text: &str, out: &mut Vec<Finding>) {
         let norm = normalize::normalize(text);
         let mut hits = Vec::new();
         let case = &text.as_bytes()[..norm.identity_prefix()];
-        self.keyword_index
-            .for_each_camel(norm.text.as_bytes(), case, |lit, at| {
-                let pos = norm.to_original(at);
-                for &rule in &self.keywords[lit].1 {
-                    hits.push(Hit { rule, pos });
-                }
+        self.index
+            .for_each_camel(norm.text.as_bytes(), case, |trigger, at| {
+                hits.push(Hit {
+                    trigger,
+                    pos: norm.to_original(at),
+                });
             });
         self.scan_with_hits(text, &hits, out);
     }
 
-    /// Verifies prefix triggers (found here, in one pass) and the given
-    /// keyword triggers; appends findings with action `Allow`.
-    pub fn scan_with_hits(&self, text: &str, keyword_hits: &[Hit], out: &mut Vec<Finding>) {
+    /// Verifies the triggers found in `text`; appends findings with action
+    /// `Allow`.
+    pub fn scan_with_hits(&self, text: &str, hits: &[Hit], out: &mut Vec<Finding>) {
         let first = out.len();
         let bytes = text.as_bytes();
-        let mut prefix_hits: Vec<(usize, usize)> = Vec::new();
-        self.prefixes
-            .for_each(bytes, |lit, pos| prefix_hits.push((lit, pos)));
-        for (lit, pos) in prefix_hits {
-            for &rule in &self.prefix_rules[lit] {
-                let def = self.rules[rule].def;
-                // A prefix that starts with a letter or digit must start a
-                // word: `task-...` does not contain an `sk-` key.
-                if def.back == 0
-                    && bytes[pos].is_ascii_alphanumeric()
-                    && pos > 0
-                    && bytes[pos - 1].is_ascii_alphanumeric()
-                {
-                    break;
+        for h in hits {
+            let Some(t) = self.triggers.get(h.trigger) else {
+                continue;
+            };
+            if let Some(exact) = t.exact {
+                // Prefixes are case-sensitive (`SK…` is a Twilio key, `sk…`
+                // a word) and must start a word (`task-…` holds no `sk-`).
+                if !bytes[h.pos..].starts_with(exact.as_bytes()) {
+                    continue;
                 }
-                if self.verify(text, rule, pos, out) {
-                    break;
+                let starts_word = exact.as_bytes()[0].is_ascii_alphanumeric();
+                if starts_word && h.pos > 0 && bytes[h.pos - 1].is_ascii_alphanumeric() {
+                    continue;
+                }
+                // Rules sharing a prefix are tried most specific first.
+                for &rule in &t.rules {
+                    if self.verify(text, rule, h.pos, out) {
+                        break;
+                    }
+                }
+            } else {
+                for &rule in &t.rules {
+                    self.verify(text, rule, h.pos, out);
                 }
             }
-        }
-        for h in keyword_hits {
-            self.verify(text, h.rule, h.pos, out);
         }
         dedupe(out, first);
     }
