@@ -14,6 +14,8 @@ pub enum GuardrailCommand {
         /// The file (default: $AIBOX_CONSTITUTION, else deploy/config/guardrail/constitution.yaml).
         file: Option<PathBuf>,
     },
+    /// Print the table of scanners, stages and actions of every profile.
+    Profiles,
     /// Print precision and recall of every scanner under every profile on a
     /// labelled JSONL corpus (default: the corpus shipped in the binary).
     Eval {
@@ -54,6 +56,10 @@ pub fn run(cmd: GuardrailCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        GuardrailCommand::Profiles => {
+            print!("{}", aibox_guardrail::profile_table_markdown());
+            Ok(())
+        }
         GuardrailCommand::Eval {
             corpus,
             holdout,
@@ -80,5 +86,19 @@ pub fn run(cmd: GuardrailCommand) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    /// The README's profile table is the code's, word for word.
+    #[test]
+    fn readme_profile_table_matches_the_code() {
+        let readme = include_str!("../../../README.md");
+        assert!(
+            readme.contains(&aibox_guardrail::profile_table_markdown()),
+            "README.md's profile table differs from `aibox guardrail profiles`; paste its output into the Guardrails section"
+        );
     }
 }
