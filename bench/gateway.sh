@@ -20,6 +20,10 @@
 #   BENCH_AIBOX_BIN        aibox binary to measure (default target/release/aibox), e.g.
 #                          to compare two builds; combine with BENCH_SKIP_BUILD=1
 #   BENCH_AIBOX_LOG_LEVEL  aibox log.level (default warn)
+#   BENCH_AIBOX_GUARDRAIL=off  run aibox with the guardrail switched off (a
+#                          constitution with `enabled: false`); the default is
+#                          the built-in standard profile on every turn, so two
+#                          runs give the guardrail's cost
 #   BENCH_AIBOX_AUTH=apikey  run aibox with auth.enabled and a gateway API key
 #                          (created with `aibox apikey create`) on every request
 #   BENCH_WAIT_QUIET=N     before each run, wait up to N s for other load to drop
@@ -47,6 +51,8 @@ SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 LITELLM_SPEC=${BENCH_LITELLM_SPEC:-'litellm[proxy]==1.82.6'}
 AIBOX_LOG_LEVEL=${BENCH_AIBOX_LOG_LEVEL:-warn}
 AIBOX_AUTH=${BENCH_AIBOX_AUTH:-off}
+AIBOX_GUARDRAIL=${BENCH_AIBOX_GUARDRAIL:-on}
+case $AIBOX_GUARDRAIL in on | off) ;; *) echo "BENCH_AIBOX_GUARDRAIL must be on or off" >&2; exit 2 ;; esac
 case $AIBOX_AUTH in off | apikey) ;; *) echo "BENCH_AIBOX_AUTH must be off or apikey" >&2; exit 2 ;; esac
 export BENCH_BEARER=bench-dummy-key
 PYTHON=${BENCH_PYTHON:-python3}
@@ -503,7 +509,12 @@ EOF
       die "cannot create the benchmark API key; stderr: $(head -c 2000 "$WORK/aibox.err")"
     export BENCH_BEARER
   fi
-  start_server aibox "$dir" "$AIBOX_BIN" serve --config "$dir/config.yaml"
+  local guard=()
+  if [[ $AIBOX_GUARDRAIL == off ]]; then
+    printf 'enabled: false\n' >"$dir/constitution.yaml"
+    guard=(AIBOX_CONSTITUTION="$dir/constitution.yaml")
+  fi
+  start_server aibox "$dir" env "${guard[@]}" "$AIBOX_BIN" serve --config "$dir/config.yaml"
   AIBOX_PID=$STARTED_PID
   local line
   line=$(wait_line "$WORK/aibox.out" '^aibox listening ' 30 "$AIBOX_PID") ||
@@ -618,6 +629,7 @@ main() {
   meta git_rev "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- crates tools 2>/dev/null || echo '+dirty')"
   meta aibox_log_level "$AIBOX_LOG_LEVEL"
   meta aibox_auth "$AIBOX_AUTH"
+  meta aibox_guardrail "$AIBOX_GUARDRAIL"
   meta aibox_bin "${AIBOX_BIN#"$ROOT"/}"
 
   local litellm_ok=0
