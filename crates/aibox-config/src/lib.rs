@@ -9,7 +9,6 @@
 
 pub mod env;
 mod error;
-mod locate;
 pub mod raw;
 mod validated;
 

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::env::{self, Env};
 use crate::error::{ConfigError, Origin};
-use crate::locate::{Seg, locate};
 use crate::raw::{RawConfig, RawRate, RawTimeouts};
+use aibox_core::yamlpath::{Seg, locate};
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]

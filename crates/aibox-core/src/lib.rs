@@ -12,6 +12,7 @@ pub mod ids;
 pub mod keyring;
 pub mod principal;
 pub mod secret;
+pub mod yamlpath;
 
 pub use ids::{IdError, RequestId, TenantId, TurnId, UserId};
 pub use principal::{AuthMethod, Principal};

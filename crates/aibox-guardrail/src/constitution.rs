@@ -20,9 +20,9 @@ use aibox_core::audit::GuardAction;
 use serde::{Deserialize, Serialize};
 
 use crate::finding::Scanner;
-use crate::locate::{Seg, locate};
 use crate::normalize;
 use crate::profile::Profile;
+use aibox_core::yamlpath::{Seg, locate};
 
 /// What the critique step does when the judge model times out, fails or
 /// answers with something that is not a verdict.

@@ -44,8 +44,6 @@ pub mod synth;
 pub mod topics;
 pub mod vault;
 
-mod locate;
-
 pub use aibox_core::audit::{FindingCount, GuardAction, GuardStage};
 pub use constitution::{Constitution, ConstitutionError, CritiqueConfig, OnError};
 pub use critique::{CritiqueDecision, CritiqueError, CritiqueVerdict};

@@ -1,15 +1,16 @@
-//! Best-effort mapping from a key path to the line that wrote it.
+//! Best-effort mapping from a key path to the YAML line that wrote it.
 //!
 //! YAML parsers report positions for syntax and type errors, but the second,
-//! validating step works on values that no longer carry positions. This walks
+//! validating step of a config (the gateway config, the guardrail
+//! constitution) works on values that no longer carry positions. This walks
 //! the block-style YAML text along the key path instead. It understands
-//! `key:` mappings and `- ` sequence items, which is what config files use;
-//! for anything else (flow style, anchors) it returns `None` and the error
-//! simply omits the line.
+//! `key:` mappings (quoted keys too) and `- ` sequence items; for anything
+//! else (flow style, anchors) it returns `None` and the error simply omits
+//! the line. Pure: text in, line number out.
 
 /// One step of a key path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Seg<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg<'a> {
     /// A mapping key.
     Key(&'a str),
     /// A sequence index.
@@ -24,7 +25,7 @@ struct Line<'a> {
 }
 
 /// The 1-based line of `path` in `yaml`, if it can be found.
-pub(crate) fn locate(yaml: &str, path: &[Seg<'_>]) -> Option<usize> {
+pub fn locate(yaml: &str, path: &[Seg<'_>]) -> Option<usize> {
     let mut scope: Vec<Line<'_>> = yaml
         .lines()
         .enumerate()
@@ -46,10 +47,14 @@ pub(crate) fn locate(yaml: &str, path: &[Seg<'_>]) -> Option<usize> {
         let (start, own) = match seg {
             Seg::Key(k) => {
                 let pos = scope.iter().position(|l| {
-                    l.indent == base
-                        && l.text
-                            .strip_prefix(k)
-                            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                    l.indent == base && {
+                        let t = l.text.trim_start_matches(['"', '\'']);
+                        t.strip_prefix(k).is_some_and(|rest| {
+                            rest.trim_start_matches(['"', '\''])
+                                .trim_start()
+                                .starts_with(':')
+                        })
+                    }
                 })?;
                 (pos, None)
             }
@@ -94,7 +99,64 @@ pub(crate) fn locate(yaml: &str, path: &[Seg<'_>]) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use super::*;
+
+    const YAML: &str = "\
+# comment
+profile: standard
+blocked_topics:
+  - name: a
+    phrases: [x]
+  - name: b
+    phrases:
+      - y
+tenants:
+  acme:
+    profile: strict
+";
+
+    #[test]
+    fn finds_nested_keys_and_items() {
+        assert_eq!(locate(YAML, &[Seg::Key("profile")]), Some(2));
+        assert_eq!(
+            locate(
+                YAML,
+                &[
+                    Seg::Key("blocked_topics"),
+                    Seg::Index(1),
+                    Seg::Key("phrases")
+                ]
+            ),
+            Some(7)
+        );
+        assert_eq!(
+            locate(
+                YAML,
+                &[
+                    Seg::Key("blocked_topics"),
+                    Seg::Index(1),
+                    Seg::Key("phrases"),
+                    Seg::Index(0)
+                ]
+            ),
+            Some(8)
+        );
+        assert_eq!(
+            locate(
+                YAML,
+                &[Seg::Key("tenants"), Seg::Key("acme"), Seg::Key("profile")]
+            ),
+            Some(11)
+        );
+        assert_eq!(locate(YAML, &[Seg::Key("nope")]), None);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod config_shaped_tests {
     use super::*;
 
     const YAML: &str = "\
