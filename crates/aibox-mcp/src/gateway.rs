@@ -840,8 +840,12 @@ impl McpGateway {
             GuardAction::Allow | GuardAction::Flag => Ok(value),
             GuardAction::Block => Err(blocked(out.reason.unwrap_or_else(|| "blocked".into()))),
             GuardAction::Redact => {
+                // A redaction with nothing to redact to fails closed: passing
+                // the original on would release what the guardrail flagged.
                 let Some(replacement) = out.replacement else {
-                    return Ok(value);
+                    return Err(blocked(
+                        "the guardrail asked for a redaction but gave no redacted text".into(),
+                    ));
                 };
                 match serde_json::from_str::<Value>(&replacement) {
                     Ok(v) if v.is_object() == value.is_object() => Ok(v),
