@@ -39,6 +39,7 @@ use aibox_guardrail::{
 use aibox_router::{Endpoint, EventRewriter, Refusal, RequestInfo, Routed};
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -692,6 +693,48 @@ impl StreamGuard {
     }
 }
 
+/// One streamed chunk, read without building a JSON tree: only the parts
+/// the guard needs, borrowed from the event, with the answer texts kept as
+/// raw JSON so that their byte spans can be replaced in place.
+#[derive(serde::Deserialize)]
+struct ChunkRef<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceRef<'a>>>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// One choice of a [`ChunkRef`]: `delta.content` for chat completions,
+/// `text` for legacy completions.
+#[derive(serde::Deserialize)]
+struct ChoiceRef<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    delta: Option<DeltaRef<'a>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// The `delta` of a chat choice.
+#[derive(serde::Deserialize)]
+struct DeltaRef<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+/// The string a raw JSON value holds, or `None` if it is not a string.
+fn raw_string(raw: &RawValue) -> Option<String> {
+    let s = raw.get();
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(inner.to_owned());
+    }
+    serde_json::from_str::<String>(s).ok()
+}
+
 /// The `data:` payload of one event.
 fn event_data(event: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
@@ -707,6 +750,99 @@ fn event_data(event: &[u8]) -> Vec<u8> {
     data
 }
 
+impl StreamGuard {
+    /// The common case of a chunk, rewritten without a JSON tree: every
+    /// choice's text runs through its scanner and the released text replaces
+    /// the original string at its byte span, so every other byte of the
+    /// upstream's chunk reaches the client unchanged. `None` when the chunk
+    /// needs the general path (no JSON object, an error object, a final
+    /// choice without a text to write into, a multi-line payload, or a shape
+    /// the typed reader refuses, such as a duplicate key); nothing has been
+    /// scanned then, so the general path sees the chunk afresh.
+    fn splice_event(&mut self, data: &[u8]) -> Option<Result<Bytes, Refusal>> {
+        // A newline inside the payload would split the rewritten `data:`
+        // line; the general path re-encodes such payloads compactly.
+        if data.contains(&b'\n') {
+            return None;
+        }
+        let text = std::str::from_utf8(data).ok()?;
+        let chunk: ChunkRef<'_> = serde_json::from_str(text).ok()?;
+        if chunk.error.is_some() {
+            return None;
+        }
+        let choices = chunk.choices?;
+        let chat = matches!(self.endpoint, Endpoint::ChatCompletions);
+        // Decide everything before the first scanner step, so that falling
+        // back never scans a text twice.
+        let base = text.as_ptr() as usize;
+        let mut work: Vec<(usize, (usize, usize), String, bool)> =
+            Vec::with_capacity(choices.len());
+        let mut prev_end = 0;
+        for c in &choices {
+            let last = c.finish_reason.is_some_and(|f| f.get() != "null");
+            let raw = if chat {
+                match &c.delta {
+                    Some(d) => d.content,
+                    None => continue,
+                }
+            } else {
+                c.text
+            };
+            let Some(raw) = raw else {
+                if last {
+                    return None;
+                }
+                continue;
+            };
+            let Some(s) = raw_string(raw) else {
+                if last {
+                    return None;
+                }
+                continue;
+            };
+            let index = c.index.and_then(|i| usize::try_from(i).ok()).unwrap_or(0);
+            // The span of the string within the payload; spans must come
+            // in document order for the splice.
+            let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
+            let end = start.checked_add(raw.get().len())?;
+            if start < prev_end || text.get(start..end) != Some(raw.get()) {
+                return None;
+            }
+            prev_end = end;
+            work.push((index, (start, end), s, last));
+        }
+        if self.template.is_none() {
+            // Once per stream: the envelope fields for a synthesized tail.
+            if let Ok(Value::Object(mut doc)) = serde_json::from_str::<Value>(text) {
+                doc.remove("choices");
+                self.template = Some(doc);
+            }
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        out.push_str("data: ");
+        let mut at = 0;
+        for (index, (start, end), s, last) in work {
+            let released = match self.step(index, &s, last) {
+                Ok(r) => r,
+                Err(refusal) => return Some(Err(refusal)),
+            };
+            let (Some(before), Ok(encoded)) =
+                (text.get(at..start), serde_json::to_string(&released))
+            else {
+                return Some(Err(
+                    self.refuse("the streamed answer could not be re-encoded".into())
+                ));
+            };
+            out.push_str(before);
+            out.push_str(&encoded);
+            at = end;
+        }
+        out.push_str(text.get(at..).unwrap_or_default());
+        out.push_str("\n\n");
+        Some(Ok(Bytes::from(out)))
+    }
+}
+
 impl EventRewriter for StreamGuard {
     fn flush(&mut self) -> Result<Bytes, Refusal> {
         StreamGuard::flush(self).map(Bytes::from)
@@ -719,7 +855,17 @@ impl EventRewriter for StreamGuard {
             out.extend_from_slice(event);
             return Ok(Bytes::from(out));
         }
-        let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&data) else {
+        if let Some(out) = self.splice_event(&data) {
+            return out;
+        }
+        self.tree_event(&data, event)
+    }
+}
+
+impl StreamGuard {
+    /// The general path: the chunk as a JSON tree, re-encoded compactly.
+    fn tree_event(&mut self, data: &[u8], event: &[u8]) -> Result<Bytes, Refusal> {
+        let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(data) else {
             // Comments, keep-alives and non-JSON events carry no answer text.
             return Ok(Bytes::copy_from_slice(event));
         };
@@ -836,6 +982,143 @@ mod tests {
             assert_eq!(r.code, POLICY_CODE);
             assert!(!r.message.contains(key));
         }
+    }
+
+    /// Runs `events` through the splice path (via `event`) and through the
+    /// tree path alone; returns both outputs, event by event, as JSON values
+    /// (or raw text for non-JSON output), plus whether each refused.
+    fn both_paths(endpoint: Endpoint, events: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+        let run = |splice: bool| {
+            let mut g = StreamGuard::new(
+                guard(),
+                "t",
+                endpoint,
+                TurnVault::new(),
+                SharedEvents::default(),
+            );
+            let mut outs = Vec::new();
+            for ev in events {
+                let data = event_data(ev);
+                let r = if splice || data.trim_ascii() == b"[DONE]" {
+                    g.event(ev)
+                } else {
+                    g.tree_event(&data, ev)
+                };
+                match r {
+                    Ok(b) => {
+                        let mut norm = String::new();
+                        for line in b.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                            match serde_json::from_slice::<Value>(
+                                line.strip_prefix(b"data: ").unwrap_or(line),
+                            ) {
+                                Ok(v) => norm.push_str(&v.to_string()),
+                                Err(_) => norm.push_str(&String::from_utf8_lossy(line)),
+                            }
+                            norm.push('|');
+                        }
+                        outs.push(norm);
+                    }
+                    Err(r) => {
+                        outs.push(format!("REFUSED {} {}", r.code, r.message));
+                        break;
+                    }
+                }
+            }
+            outs
+        };
+        (run(true), run(false))
+    }
+
+    fn ev(v: Value) -> Vec<u8> {
+        format!("data: {v}\n\n").into_bytes()
+    }
+
+    /// The splice path is an optimisation of the tree path: for every chunk
+    /// shape the client must see the same JSON, and the same refusals.
+    #[test]
+    fn splice_and_tree_paths_agree() {
+        let chat = |c: Value| {
+            ev(
+                serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,
+                "model":"m","system_fingerprint":"fp","choices":c}),
+            )
+        };
+        let words = "Hello there, the report for jane.doe@example.com is ready; key ghp_0123456789abcdefghijABCDEFGHIJ012345 follows. \"quoted\" \\ and unicode é ✓ end.";
+        let mut cases: Vec<(Endpoint, Vec<Vec<u8>>)> = Vec::new();
+        // Plain chat deltas in small pieces, a role chunk first, a final
+        // chunk with finish_reason and an empty delta, and a usage chunk.
+        let mut seq = vec![chat(
+            serde_json::json!([{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]),
+        )];
+        for piece in words.as_bytes().chunks(5) {
+            let piece = String::from_utf8_lossy(piece).into_owned();
+            seq.push(chat(serde_json::json!([{"index":0,"delta":{"content":piece},"finish_reason":null,"logprobs":null}])));
+        }
+        seq.push(chat(
+            serde_json::json!([{"index":0,"delta":{},"finish_reason":"stop"}]),
+        ));
+        seq.push(ev(serde_json::json!({"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}})));
+        seq.push(b"data: [DONE]\n\n".to_vec());
+        cases.push((Endpoint::ChatCompletions, seq));
+        // Two choices interleaved, the last carrying text with finish_reason.
+        let mut seq = Vec::new();
+        for i in 0..30 {
+            seq.push(chat(serde_json::json!([
+                {"index":0,"delta":{"content":format!("alpha {i} ")},"finish_reason":null},
+                {"index":1,"delta":{"content":format!("beta {i} ")},"finish_reason":if i == 29 {Value::from("stop")} else {Value::Null}}
+            ])));
+        }
+        seq.push(b"data: [DONE]\n\n".to_vec());
+        cases.push((Endpoint::ChatCompletions, seq));
+        // Odd shapes the splice path must leave to the tree path: content
+        // null with a finish, a tool-call delta, an error object, a
+        // non-JSON event, a multi-line payload, a duplicate key, an index
+        // past the bound.
+        let seq = vec![
+            chat(serde_json::json!([{"index":0,"delta":{"content":"some text to hold "},"finish_reason":null}])),
+            chat(serde_json::json!([{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}])),
+            b": keep-alive\n\n".to_vec(),
+            b"data: {\"id\":\"c1\",\n\"choices\":[{\"index\":0,\"delta\":{\"content\":\"split line \"},\"finish_reason\":null}]}\n\n".to_vec(),
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\",\"content\":\"b\"},\"finish_reason\":null}]}\n\n".to_vec(),
+            chat(serde_json::json!([{"index":40,"delta":{"content":"far away"},"finish_reason":null}])),
+            chat(serde_json::json!([{"index":0,"delta":{"content":null},"finish_reason":"length"}])),
+            ev(serde_json::json!({"error":{"message":"boom","type":"server_error"}})),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        cases.push((Endpoint::ChatCompletions, seq));
+        // Legacy completions: `text` per choice.
+        let mut seq = Vec::new();
+        for piece in words.as_bytes().chunks(9) {
+            let piece = String::from_utf8_lossy(piece).into_owned();
+            seq.push(ev(serde_json::json!({"id":"x","object":"text_completion","choices":[{"index":0,"text":piece,"finish_reason":null}]})));
+        }
+        seq.push(ev(
+            serde_json::json!({"id":"x","choices":[{"index":0,"text":"","finish_reason":"stop"}]}),
+        ));
+        seq.push(b"data: [DONE]\n\n".to_vec());
+        cases.push((Endpoint::Completions, seq));
+        // A secret split across chunks: both paths must refuse or redact alike.
+        let mut seq = Vec::new();
+        for piece in "the token is AKIAQ3EGRDQYB7NXPL2Q and it must not pass"
+            .as_bytes()
+            .chunks(2)
+        {
+            let piece = String::from_utf8_lossy(piece).into_owned();
+            seq.push(chat(
+                serde_json::json!([{"index":0,"delta":{"content":piece},"finish_reason":null}]),
+            ));
+        }
+        seq.push(b"data: [DONE]\n\n".to_vec());
+        cases.push((Endpoint::ChatCompletions, seq));
+
+        for (n, (endpoint, seq)) in cases.iter().enumerate() {
+            let (splice, tree) = both_paths(*endpoint, seq);
+            assert_eq!(splice, tree, "case {n}: the two paths differ");
+            assert!(!splice.is_empty());
+        }
+        // The secret case must not show the key on either path.
+        let (splice, _) = both_paths(cases[4].0, &cases[4].1);
+        assert!(!splice.concat().contains("AKIAQ3EGRDQYB7NXPL2Q"));
     }
 
     #[test]

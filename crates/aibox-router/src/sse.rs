@@ -192,6 +192,10 @@ pub struct Relay {
     idle: Duration,
     deadline: Instant,
     timer: Pin<Box<Sleep>>,
+    /// When the idle timeout ends given the chunks seen so far. The timer
+    /// is not reset on every chunk (a timer-wheel update per SSE event is a
+    /// measurable cost); when it fires early it is re-armed to this instant.
+    idle_until: Instant,
     bytes: u64,
     on_end: Option<OnEnd>,
     end: Option<StreamEnd>,
@@ -309,6 +313,7 @@ impl Relay {
             idle,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(first)),
+            idle_until: first,
             bytes: 0,
             on_end: Some(on_end),
             end: None,
@@ -434,8 +439,7 @@ impl Stream for Relay {
                 this.scanner.feed(&chunk);
                 this.hasher.update(&chunk);
                 this.bytes += chunk.len() as u64;
-                let next = (Instant::now() + this.idle).min(this.deadline);
-                this.timer.as_mut().reset(next);
+                this.idle_until = (Instant::now() + this.idle).min(this.deadline);
                 let out = match this.pass(chunk) {
                     Ok(out) => out,
                     Err((released, refusal)) => {
@@ -490,7 +494,7 @@ impl Stream for Relay {
                     )
                 }
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
+            Poll::Pending => match this.poll_timer(cx) {
                 Poll::Ready(()) => {
                     let what = if Instant::now() >= this.deadline {
                         "the total timeout"
@@ -504,6 +508,25 @@ impl Stream for Relay {
                 }
                 Poll::Pending => Poll::Pending,
             },
+        }
+    }
+}
+
+impl Relay {
+    /// Polls the idle/total timer, re-arming it while chunks have moved the
+    /// idle deadline past the instant it was set for.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    if self.timer.deadline() >= self.idle_until {
+                        return Poll::Ready(());
+                    }
+                    let next = self.idle_until;
+                    self.timer.as_mut().reset(next);
+                }
+            }
         }
     }
 }
