@@ -219,6 +219,44 @@ def test_output_critique_through_the_router(cluster, judge, on_error, outcome):
     assert len(crit) == 1, crit
 
 
+@pytest.mark.parametrize(
+    ("judge", "on_error", "outcome"),
+    [("judge-allow", "fail_open", "pass"), ("judge-block", "fail_open", "block"),
+     ("judge-revise", "fail_open", "revise"), ("judge-garbage", "fail_closed", "unavailable")],
+)
+def test_output_critique_judges_a_stream_before_any_text_is_released(cluster, judge, on_error, outcome):
+    """Regression for issue 5: the output critique covers streamed answers.
+
+    The answer is held whole until the judge has decided, so a refused or
+    revised answer never reaches the client, even in part."""
+    gw, up, _ = gateway(cluster, critique_output="true", judge=judge, on_error=on_error)
+    msgs = [{"role": "user", "content": "say something"}]
+    text, err = collect(gw.client().chat.completions.create(model="chat", messages=msgs, stream=True))
+    if outcome == "pass":
+        assert err is None and text == "up1: say something", (text, err)
+    elif outcome == "revise":
+        assert err is None and text == "A revised, compliant answer.", (text, err)
+    elif outcome == "block":
+        assert err is not None and text == "", (text, err)
+        assert "content_policy_violation" in json.dumps(getattr(err, "body", None) or str(err))
+        assert "p1" in str(err)
+    else:
+        assert err is not None and text == "", (text, err)
+        assert "guardrail_unavailable" in json.dumps(getattr(err, "body", None) or str(err))
+    # Two upstream calls: the streamed answer and the judge.
+    assert up.stats()["requests"] == 2
+    crit = [e for e in verdicts(cluster, gw) if any(f["scanner"] == "critique" for f in e["findings"])]
+    assert len(crit) == 1, crit
+    ends = [e for e in audit_events(cluster, gw) if e["type"] == "turn_end"]
+    assert len(ends) == 1, ends
+    if outcome == "block":
+        assert ends[0]["status"] == {"status": "error", "code": "content_policy_violation"}, ends
+    elif outcome == "unavailable":
+        assert ends[0]["status"] == {"status": "error", "code": "guardrail_unavailable"}, ends
+    else:
+        assert ends[0]["status"] == {"status": "ok"}, ends
+
+
 def test_input_critique_blocks_before_the_model(cluster):
     gw, up, _ = gateway(cluster, critique_input="true", judge="judge-block")
     with pytest.raises(openai.BadRequestError):

@@ -92,6 +92,16 @@ impl ApiError {
         self.code
     }
 
+    /// The OpenAI error type (`invalid_request_error`, `server_error`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The client-safe message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The error object as JSON bytes.
     pub fn body(&self) -> Vec<u8> {
         let v = serde_json::json!({

@@ -565,9 +565,88 @@ pub(crate) struct StreamGuard {
     template: Option<Map<String, Value>>,
     events: SharedEvents,
     recorded: bool,
+    /// With an output critique: everything the guard would send is kept
+    /// here until `[DONE]`, because text already sent cannot be taken back
+    /// when the judge refuses.
+    hold_all: Option<(Vec<u8>, SharedAnswer)>,
+}
+
+/// A streamed answer held for the output critique: what the client would
+/// have seen, its text, and the chunk envelope to write a revision into.
+#[derive(Debug, Default)]
+pub(crate) struct HeldAnswer {
+    /// The answer text of choice 0, as the client would see it.
+    pub text: String,
+    /// The envelope fields of the upstream's chunks (`id`, `model`, ...).
+    pub template: Option<Map<String, Value>>,
+}
+
+/// The most of a streamed answer held for the output critique, as for a
+/// complete answer in the router.
+const MAX_HELD_STREAM: usize = 64 * 1024 * 1024;
+
+/// Where a holding [`StreamGuard`] leaves the answer for the critique.
+pub(crate) type SharedAnswer = Arc<Mutex<Option<HeldAnswer>>>;
+
+/// The text of choice 0 in rewritten SSE bytes.
+fn sse_text(endpoint: Endpoint, sse: &[u8]) -> String {
+    let mut text = String::new();
+    for line in sse.split(|&b| b == b'\n') {
+        let Some(data) = line.strip_prefix(b"data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            continue;
+        };
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            continue;
+        };
+        for c in choices {
+            if c.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+                continue;
+            }
+            let t = match endpoint {
+                Endpoint::ChatCompletions => c.get("delta").and_then(|d| d.get("content")),
+                _ => c.get("text"),
+            };
+            if let Some(Value::String(t)) = t {
+                text.push_str(t);
+            }
+        }
+    }
+    text
+}
+
+/// The SSE bytes that end a stream whose answer the judge revised: one
+/// chunk with the revision, then `[DONE]`.
+pub(crate) fn revision_stream(
+    endpoint: Endpoint,
+    template: Option<Map<String, Value>>,
+    revision: &str,
+) -> Bytes {
+    let mut chunk = template.unwrap_or_default();
+    let choice = match endpoint {
+        Endpoint::ChatCompletions => serde_json::json!({
+            "index": 0, "delta": {"role": "assistant", "content": revision}, "finish_reason": "stop"
+        }),
+        _ => serde_json::json!({"index": 0, "text": revision, "finish_reason": "stop"}),
+    };
+    chunk.insert("choices".into(), Value::Array(vec![choice]));
+    Bytes::from(format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        Value::Object(chunk)
+    ))
 }
 
 impl StreamGuard {
+    /// Holds the whole answer until `[DONE]` and leaves it in `answer` for
+    /// the output critique, which decides at the stream's gate whether it
+    /// goes out, is replaced by a revision, or is refused.
+    pub(crate) fn hold_for_critique(mut self, answer: SharedAnswer) -> Self {
+        self.hold_all = Some((Vec::new(), answer));
+        self
+    }
+
     /// A rewriter for one streamed answer; `events` receives the verdicts.
     pub(crate) fn new(
         guardrail: Arc<Guardrail>,
@@ -585,6 +664,7 @@ impl StreamGuard {
             template: None,
             events,
             recorded: false,
+            hold_all: None,
         }
     }
 
@@ -845,6 +925,12 @@ impl StreamGuard {
 
 impl EventRewriter for StreamGuard {
     fn flush(&mut self) -> Result<Bytes, Refusal> {
+        if self.hold_all.is_some() {
+            // The stream broke before the judge could see the whole answer:
+            // nothing of it may go out.
+            self.record();
+            return Ok(Bytes::new());
+        }
         StreamGuard::flush(self).map(Bytes::from)
     }
 
@@ -853,12 +939,34 @@ impl EventRewriter for StreamGuard {
         if data.trim_ascii() == b"[DONE]" {
             let mut out = self.flush()?;
             out.extend_from_slice(event);
+            if let Some((mut held, answer)) = self.hold_all.take() {
+                held.extend_from_slice(&out);
+                let text = sse_text(self.endpoint, &held);
+                if let Ok(mut slot) = answer.lock() {
+                    *slot = Some(HeldAnswer {
+                        text,
+                        template: self.template.clone(),
+                    });
+                }
+                return Ok(Bytes::from(held));
+            }
             return Ok(Bytes::from(out));
         }
-        if let Some(out) = self.splice_event(&data) {
-            return out;
+        let out = match self.splice_event(&data) {
+            Some(out) => out?,
+            None => self.tree_event(&data, event)?,
+        };
+        if let Some((held, _)) = self.hold_all.as_mut() {
+            if held.len() + out.len() > MAX_HELD_STREAM {
+                return Err(self.refuse(format!(
+                    "the streamed answer exceeds {} MiB, the most held for the output critique; request a shorter answer (max_tokens) or turn the output critique off (constitution critique.output)",
+                    MAX_HELD_STREAM >> 20
+                )));
+            }
+            held.extend_from_slice(&out);
+            return Ok(Bytes::new());
         }
-        self.tree_event(&data, event)
+        Ok(out)
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aibox_core::audit::Usage;
 use aibox_core::audit::{Sha256Hex, TurnStatus};
 use aibox_core::{Principal, RequestId};
-use aibox_router::{Endpoint, Gate, Routed, Router as ModelRouter, StreamEnd, StreamSummary};
+use aibox_router::{
+    Endpoint, Gate, GateVerdict, Routed, Router as ModelRouter, StreamEnd, StreamSummary,
+};
 use aibox_store::UsageRecord;
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, FromRequest, Request, State};
@@ -354,6 +356,11 @@ async fn run_turn(
     let tenant = principal.tenant.as_str();
     let guarded = guardrail.enabled_for(tenant) && endpoint != Endpoint::Embeddings;
     let guard_events = guard::SharedEvents::default();
+    // With an output critique, a streamed answer is held whole and judged at
+    // the stream's gate, before anything of it reaches the client.
+    let critique_stream =
+        guarded && guardrail.critique_settings(tenant).output && !guardrail.principles().is_empty();
+    let held_answer = guard::SharedAnswer::default();
     // The stream's turn is finished by the relay's callback, which needs the
     // turn log; the slot hands it over once a stream has started.
     let stream_turn: Arc<std::sync::Mutex<Option<StreamTurn>>> =
@@ -365,6 +372,7 @@ async fn run_turn(
         let rid = rid.clone();
         let slot = stream_turn.clone();
         let guard_events = guard_events.clone();
+        let critique = critique_stream.then(|| (guardrail.clone(), held_answer.clone(), endpoint));
         // The guard lives in the callback, which the router drops when no
         // stream starts, the relay drops when a stream ends, and a cancelled
         // handler drops with the router future: every path decrements once.
@@ -418,8 +426,64 @@ async fn run_turn(
             let (tx, rx) = tokio::sync::oneshot::channel();
             let st2 = st.clone();
             let task = async move {
-                let r = record(&st2, turn, status).await.map_err(|e| e.to_string());
-                let _ = tx.send(r);
+                let mut status = status;
+                let mut verdict = GateVerdict::Release;
+                if let Some((g, answer, endpoint)) = critique.filter(|_| completed) {
+                    let held = answer
+                        .lock()
+                        .ok()
+                        .and_then(|mut a| a.take())
+                        .unwrap_or_default();
+                    let mut events = Vec::new();
+                    let judged = guard::critique(
+                        &st2.router,
+                        &g,
+                        principal.tenant.as_str(),
+                        aibox_core::audit::GuardStage::Output,
+                        &held.text,
+                        &model,
+                        &rid,
+                        &mut events,
+                    )
+                    .await;
+                    for e in events {
+                        turn.event(e);
+                    }
+                    match judged {
+                        guard::Judged::Pass => {}
+                        guard::Judged::Revise(r) => {
+                            verdict = GateVerdict::Replace(guard::revision_stream(
+                                endpoint,
+                                held.template,
+                                &r,
+                            ));
+                        }
+                        guard::Judged::Refuse(e) => {
+                            st2.metrics.guardrail_blocks.inc();
+                            status = TurnStatus::Error {
+                                code: e.code().into(),
+                            };
+                            verdict = GateVerdict::Refuse {
+                                kind: e.kind().into(),
+                                refusal: aibox_router::Refusal {
+                                    code: e.code().into(),
+                                    message: e.message().into(),
+                                },
+                            };
+                        }
+                    }
+                }
+                let verdict = match record(&st2, turn, status).await {
+                    Ok(()) => verdict,
+                    Err(e) => GateVerdict::Refuse {
+                        kind: e.kind().into(),
+                        refusal: aibox_router::Refusal {
+                            code: e.code().into(),
+                            message: e.message().into(),
+                        },
+                    },
+                };
+                let _ = tx.send(verdict);
             };
             // The callback can run from a drop outside a task; without a
             // runtime there is nothing to record with, and the gate fails.
@@ -547,13 +611,12 @@ async fn run_turn(
             }
             let mut relay = relay;
             if guarded {
-                relay.set_rewriter(Box::new(guard::StreamGuard::new(
-                    guardrail,
-                    tenant,
-                    endpoint,
-                    vault,
-                    guard_events,
-                )));
+                let sg = guard::StreamGuard::new(guardrail, tenant, endpoint, vault, guard_events);
+                relay.set_rewriter(Box::new(if critique_stream {
+                    sg.hold_for_critique(held_answer)
+                } else {
+                    sg
+                }));
             }
             let mut r = Response::new(Body::from_stream(relay));
             let h = r.headers_mut();

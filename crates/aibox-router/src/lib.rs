@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 pub use catalog::ModelInfo;
 pub use error::{AttemptFailure, RouterError};
-pub use sse::{EventRewriter, Gate, OnEnd, Refusal, Relay, StreamEnd, StreamSummary};
+pub use sse::{EventRewriter, Gate, GateVerdict, OnEnd, Refusal, Relay, StreamEnd, StreamSummary};
 
 /// The OpenAI endpoints the router serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

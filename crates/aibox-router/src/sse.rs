@@ -175,11 +175,30 @@ pub struct StreamSummary {
     pub sha256: [u8; 32],
 }
 
-/// Holds back the end of a completed stream until it resolves: `Ok` lets
-/// the final chunk (with `[DONE]`) through, `Err` replaces it with an error
-/// event. This is how "the answer is complete only once it is recorded"
-/// reaches streams: the audit log resolves the gate after its commit.
-pub type Gate = tokio::sync::oneshot::Receiver<Result<(), String>>;
+/// What a [`Gate`] decided about the held end of a completed stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateVerdict {
+    /// Release the held final chunk (with `[DONE]`).
+    Release,
+    /// Send these bytes instead of the held chunk; they must end the
+    /// stream themselves (`[DONE]` included). A judge's revision takes
+    /// this path.
+    Replace(Bytes),
+    /// Send this error event instead of the held chunk: the answer could
+    /// not be recorded, or a judge refused it.
+    Refuse {
+        /// The OpenAI error type (`invalid_request_error`, `server_error`).
+        kind: String,
+        /// The code and the client-safe message.
+        refusal: Refusal,
+    },
+}
+
+/// Holds back the end of a completed stream until it resolves. This is how
+/// "the answer is complete only once it is recorded" reaches streams: the
+/// audit log resolves the gate after its commit (and an output critique,
+/// when one runs, before it).
+pub type Gate = tokio::sync::oneshot::Receiver<GateVerdict>;
 
 /// The callback that receives the summary. For a completed stream it may
 /// return a [`Gate`]; for other endings the gate is ignored.
@@ -411,21 +430,31 @@ impl Stream for Relay {
             let verdict = match Pin::new(gate).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(v)) => v,
-                Poll::Ready(Err(_)) => Err("the recorder went away".to_owned()),
+                Poll::Ready(Err(_)) => {
+                    tracing::error!(
+                        "a completed stream could not be recorded (the recorder went away); ending it with an error"
+                    );
+                    GateVerdict::Refuse {
+                        kind: "server_error".into(),
+                        refusal: Refusal {
+                            code: "audit_unavailable".into(),
+                            message: "the answer could not be recorded in the audit log, so it is void; retry later".into(),
+                        },
+                    }
+                }
             };
             this.gate = None;
             this.inner = None;
             this.end = Some(StreamEnd::Completed);
             let held = this.held.take().unwrap_or_default();
             return match verdict {
-                Ok(()) => Poll::Ready(Some(Ok(held))),
-                Err(reason) => {
-                    tracing::error!(reason = %reason, "a completed stream could not be recorded; ending it with an error");
-                    Poll::Ready(Some(Ok(error_event(
-                        "the answer could not be recorded in the audit log, so it is void; retry later",
-                        "audit_unavailable",
-                    ))))
-                }
+                GateVerdict::Release => Poll::Ready(Some(Ok(held))),
+                GateVerdict::Replace(bytes) => Poll::Ready(Some(Ok(bytes))),
+                GateVerdict::Refuse { kind, refusal } => Poll::Ready(Some(Ok(typed_error_event(
+                    &refusal.message,
+                    &kind,
+                    &refusal.code,
+                )))),
             };
         }
         let Some(inner) = this.inner.as_mut() else {
