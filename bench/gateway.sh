@@ -29,6 +29,9 @@
 #   BENCH_WAIT_QUIET=N     before each run, wait up to N s for other load to drop
 #   BENCH_KEEP_TMP=1       keep the temporary directory (configs, logs, wrk output)
 #   BENCH_PYTHON           python used for the LiteLLM venv and the report (default python3)
+#   BENCH_RT=1             run the servers and wrk under SCHED_FIFO (chrt -f 20, root
+#                          only) so that other work on a shared machine cannot
+#                          preempt them; every target gets the same treatment
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -75,6 +78,13 @@ RUNS=$WORK/runs.jsonl
 : >"$META"
 : >"$RUNS"
 CLK_TCK=$(getconf CLK_TCK)
+
+# BENCH_RT=1: SCHED_FIFO for every server and load generator (see above).
+RT_PREFIX=()
+if [[ ${BENCH_RT:-0} == 1 ]]; then
+  chrt -f 20 true 2>/dev/null || { echo "bench: BENCH_RT=1 needs chrt and root (SCHED_FIFO)" >&2; exit 2; }
+  RT_PREFIX=(chrt -f 20)
+fi
 
 SERVER_PIDS=()
 SAMPLER_PID=
@@ -187,7 +197,7 @@ build() {
 start_server() {
   local name=$1 dir=$2
   shift 2
-  (cd "$dir" && exec setsid env -i PATH="/usr/local/bin:/usr/bin:/bin" HOME="$dir" LANG=C.UTF-8 "$@" \
+  (cd "$dir" && exec "${RT_PREFIX[@]}" setsid env -i PATH="/usr/local/bin:/usr/bin:/bin" HOME="$dir" LANG=C.UTF-8 "$@" \
     >"$WORK/$name.out" 2>"$WORK/$name.err" </dev/null) &
   STARTED_PID=$!
   SERVER_PIDS+=("$STARTED_PID")
@@ -371,7 +381,7 @@ run_one() {
   local url=$base/chat/completions
   local label="$target c=$conc stream=$stream"
   local out=$WORK/wrk-$target-c$conc-s$stream.txt
-  local -a wrk_cmd=(wrk -t"$threads" -c"$conc" --timeout "$WRK_TIMEOUT" --latency -s "$BENCH_DIR/lua/chat.lua")
+  local -a wrk_cmd=("${RT_PREFIX[@]}" wrk -t"$threads" -c"$conc" --timeout "$WRK_TIMEOUT" --latency -s "$BENCH_DIR/lua/chat.lua")
 
   wait_quiet
   log "$label: warm-up ${WARMUP}s"
@@ -619,6 +629,7 @@ main() {
   meta timestamp "$TS"
   meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
   meta bench_seconds "$SECONDS_RUN"
+  meta sched "$([[ ${BENCH_RT:-0} == 1 ]] && echo 'SCHED_FIFO 20 (BENCH_RT=1)' || echo 'normal')"
   meta warmup_seconds "$WARMUP"
   meta nproc_cores "$(nproc)"
   meta kernel "$(uname -r)"

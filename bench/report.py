@@ -184,6 +184,7 @@ def markdown(meta: dict, runs: list[dict], checks: list[dict]) -> str:
     )
     out.append(f"- fake upstream: tools/fake-upstream release build ({meta.get('fake_upstream_version', '?')})")
     out.append(f"- load average at start: {meta.get('loadavg_start', '?')}")
+    out.append(f"- scheduling of servers and wrk: {meta.get('sched', 'normal')}")
     status = meta.get("litellm_status", "not run")
     if status == "ok":
         note = ""
