@@ -858,6 +858,7 @@ mod tests {
                 cpu_secs: Some(5),
                 ..Limits::default()
             },
+            sandbox: None,
         };
         let d = spawn_detail(&spec, 42);
         assert!(d.contains("pid=42"), "{d}");
