@@ -136,6 +136,9 @@ pub struct McpSettings {
     pub filesystem_root: Option<PathBuf>,
     /// `$HOME`, for the filesystem root check.
     pub home: Option<PathBuf>,
+    /// The sandbox launcher for stdio servers with a `sandbox` profile
+    /// (default `/proc/self/exe`: the running aibox binary).
+    pub sandbox_launcher: PathBuf,
 }
 
 impl McpSettings {
@@ -149,6 +152,7 @@ impl McpSettings {
             captoken_audience: DEFAULT_CAPTOKEN_AUDIENCE.to_owned(),
             filesystem_root: None,
             home: None,
+            sandbox_launcher: PathBuf::from("/proc/self/exe"),
         }
     }
 
@@ -425,6 +429,10 @@ impl McpGateway {
                     s.clone(),
                     deps.audit.clone(),
                     deps.secrets.clone(),
+                    crate::stdio::SandboxDeps {
+                        launcher: settings.sandbox_launcher.clone(),
+                        egress: deps.egress.clone(),
+                    },
                     STARTUP_WAIT,
                 )),
             };

@@ -33,6 +33,7 @@
 //! sessions, SSE answers) is small, and owning it keeps policy in one place
 //! and the dependency tree (and the request path) short.
 
+pub mod egress_proxy;
 pub mod fs;
 pub mod gateway;
 pub mod http;

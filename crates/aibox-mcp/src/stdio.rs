@@ -25,6 +25,7 @@
 //!   then SIGKILL after [`STOP_GRACE`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{self, Message, RpcError, codes};
 use crate::registry::{Limits, StdioSpec};
-use crate::seams::{BoxFuture, SandboxRecord, SecretSource, ToolAudit};
+use crate::seams::{BoxFuture, HttpEgress, SandboxRecord, SecretSource, ToolAudit};
 use crate::upstream::{
     CallError, HealthState, MAX_MESSAGE_BYTES, ServerHealth, ToolInfo, Upstream, accept_tools,
     tools_page,
@@ -68,7 +69,7 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -177,6 +178,7 @@ struct Inner {
     spec: StdioSpec,
     audit: Arc<dyn ToolAudit>,
     secrets: Arc<dyn SecretSource>,
+    sandbox: SandboxDeps,
     startup_wait: Duration,
     conn: RwLock<Option<Arc<Conn>>>,
     tools: RwLock<Arc<Vec<ToolInfo>>>,
@@ -185,6 +187,20 @@ struct Inner {
     changed: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
+
+/// What sandboxed servers need besides their profile: the launcher
+/// program (`aibox` itself, run as `aibox sandbox-exec`) and the egress
+/// seam their proxy sends everything through.
+#[derive(Clone)]
+pub struct SandboxDeps {
+    /// The launcher: normally `/proc/self/exe`, the running aibox binary.
+    pub launcher: PathBuf,
+    /// The egress guard for the sandbox proxy.
+    pub egress: Arc<dyn HttpEgress>,
+}
+
+/// How long a launcher may take to confine itself and report.
+pub const LAUNCH_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A supervised stdio tool server.
 pub struct StdioServer {
@@ -201,6 +217,7 @@ impl StdioServer {
         spec: StdioSpec,
         audit: Arc<dyn ToolAudit>,
         secrets: Arc<dyn SecretSource>,
+        sandbox: SandboxDeps,
         startup_wait: Duration,
     ) -> Self {
         let inner = Arc::new(Inner {
@@ -208,6 +225,7 @@ impl StdioServer {
             spec,
             audit,
             secrets,
+            sandbox,
             startup_wait,
             conn: RwLock::new(None),
             tools: RwLock::new(Arc::new(Vec::new())),
@@ -445,10 +463,52 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
         }
     }
 
-    let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(env)
+    // A sandboxed server is started through the launcher, which confines
+    // itself and then execs the server (see aibox-sandbox).
+    let control = match &spec.sandbox {
+        Some(_) => match aibox_sandbox::ControlSocket::create(&inner.name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return format!(
+                    "cannot create the sandbox control socket in {}: {e}; fix: make the temporary directory (TMPDIR) writable by aibox",
+                    std::env::temp_dir().display()
+                );
+            }
+        },
+        None => None,
+    };
+    let mut cmd = match (&spec.sandbox, &control) {
+        (Some(profile), Some(control)) => {
+            let request = aibox_sandbox::LaunchRequest {
+                profile: profile.clone(),
+                limits: aibox_sandbox::RLimits {
+                    cpu_secs: spec.limits.cpu_secs,
+                    memory_mb: spec.limits.memory_mb,
+                    open_files: spec.limits.open_files,
+                    processes: spec.limits.processes,
+                },
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                control: Some(control.path().to_path_buf()),
+                probe: false,
+            };
+            let json = match serde_json::to_string(&request) {
+                Ok(j) => j,
+                Err(e) => return format!("cannot encode the launch request: {e}"),
+            };
+            let mut c = Command::new(&inner.sandbox.launcher);
+            c.arg(aibox_sandbox::LAUNCHER_SUBCOMMAND)
+                .env_clear()
+                .env(aibox_sandbox::REQUEST_ENV, json);
+            c
+        }
+        _ => {
+            let mut c = Command::new(&spec.command);
+            c.args(&spec.args).env_clear();
+            c
+        }
+    };
+    cmd.envs(env)
         .envs(secret_env.iter().map(|(k, v)| (k.as_str(), v.expose())))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -476,11 +536,84 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
             .ok()
             .and_then(rustix::process::Pid::from_raw),
     );
-    if let Err(e) = apply_limits(pid, &spec.limits) {
-        let _ = inner.sandbox("degraded", format!("pid={pid} {e}")).await;
-        return format!("{e}; the process was killed (limits are not optional)");
+    // Taken before anything waits on the child: tokio's `Child::wait`
+    // closes a stdin still held by the child handle.
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return "the process has no stdio pipes".into();
+    };
+    let mut detail = spawn_detail(spec, pid);
+    let mut _proxy = None;
+    if let (Some(profile), Some(control)) = (&spec.sandbox, control) {
+        let received = tokio::task::spawn_blocking(move || {
+            let r = control.receive(LAUNCH_REPORT_TIMEOUT);
+            drop(control);
+            r
+        });
+        let (report, listener) = tokio::select! {
+            r = received => match r {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return format!("sandbox launcher: {e}"),
+                Err(e) => return format!("sandbox launcher: {e}"),
+            },
+            status = child.wait() => {
+                let why = format!("the sandbox launcher exited before it reported ({})", exit_text(status));
+                let _ = inner.sandbox("refused", format!("pid={pid} {} {why}", profile.summary())).await;
+                return why;
+            }
+        };
+        detail.push_str(&format!(
+            " sandbox=[{}] applied=[{}] missing=[{}]",
+            profile.summary(),
+            report.applied.join(","),
+            report.missing.join("; ")
+        ));
+        if report.refused {
+            let why = format!(
+                "sandbox mode require: missing {}; the server was not started; fix: make the protection available on this host (see `aibox doctor`) or set \"mode\": \"best_effort\" in its sandbox profile",
+                report.missing.join("; ")
+            );
+            tracing::error!(server = %inner.name, %detail, "MCP server refused: its sandbox cannot be applied");
+            let _ = inner.sandbox("refused", detail).await;
+            return why;
+        }
+        if !report.missing.is_empty() {
+            tracing::warn!(server = %inner.name, missing = %report.missing.join("; "),
+                "MCP SERVER RUNS WITH A WEAKER SANDBOX THAN ITS PROFILE ASKS (best_effort): these protections are missing on this host");
+            if let Err(e) = inner
+                .sandbox(
+                    "degraded",
+                    format!("pid={pid} missing=[{}]", report.missing.join("; ")),
+                )
+                .await
+            {
+                return format!(
+                    "the degraded sandbox could not be recorded in the audit log ({e})"
+                );
+            }
+        }
+        if let Some(fd) = listener {
+            match crate::egress_proxy::spawn(
+                inner.name.clone(),
+                std::net::TcpListener::from(fd),
+                inner.sandbox.egress.clone(),
+                inner.audit.clone(),
+            ) {
+                Ok(p) => _proxy = Some(p),
+                Err(e) => return format!("cannot serve the sandbox proxy: {e}"),
+            }
+        } else if profile.network == aibox_sandbox::Network::Proxy && report.missing.is_empty() {
+            return "the sandbox launcher sent no proxy socket".into();
+        }
+    } else {
+        if let Err(e) = apply_limits(pid, &spec.limits) {
+            let _ = inner.sandbox("degraded", format!("pid={pid} {e}")).await;
+            return format!("{e}; the process was killed (limits are not optional)");
+        }
+        detail.push_str(" sandbox=none");
+        tracing::warn!(server = %inner.name, "MCP server runs unconfined: it has no \"sandbox\" profile in registry.json");
     }
-    let detail = spawn_detail(spec, pid);
     tracing::info!(server = %inner.name, %detail, "MCP server spawned");
     if let Err(e) = inner.sandbox("spawn", detail).await {
         tracing::error!(server = %inner.name, error = %e, "cannot record the spawn in the audit log; killing the process");
@@ -488,11 +621,6 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     }
     inner.set_status(|s| s.pid = Some(pid));
 
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return "the process has no stdio pipes".into();
-    };
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
         let mut stdin = stdin;
@@ -545,7 +673,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
                 Ok(t) => t,
                 Err(e) => return e,
             },
-            status = child.wait() => return exit_text(status),
+            status = child.wait() => return inner.exited(pid, status).await,
             _ = stop.changed() => {
                 stop_child(&guard, &mut child).await;
                 return "stopped".into();
@@ -566,7 +694,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
         tracing::info!(server = %inner.name, pid, tools = count, "MCP server ready");
         loop {
             tokio::select! {
-                status = child.wait() => return exit_text(status),
+                status = child.wait() => return inner.exited(pid, status).await,
                 _ = stop.changed() => {
                     stop_child(&guard, &mut child).await;
                     return "stopped".into();
@@ -605,6 +733,37 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
         .await
         .map_err(|e| tracing::error!(server = %inner.name, error = %e, "cannot record the exit in the audit log"));
     ended
+}
+
+/// What a signal that ended a server says about the sandbox, if anything:
+/// these are the violations the kernel reports to aibox.
+pub fn violation_of(status: &std::process::ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let sig = status.signal()?;
+    let what = match sig {
+        31 => "SIGSYS: a system call on the seccomp deny-list (on_violation kill)",
+        24 => "SIGXCPU: the CPU time limit (limits.cpu_secs) was reached",
+        9 => "SIGKILL: killed by the kernel (the CPU hard limit, or out of memory)",
+        25 => "SIGXFSZ: the file size limit was reached",
+        _ => return None,
+    };
+    Some(what.to_owned())
+}
+
+impl Inner {
+    /// Describes the end of a run, auditing a violation the kernel reported.
+    async fn exited(&self, pid: u32, status: std::io::Result<std::process::ExitStatus>) -> String {
+        if self.spec.sandbox.is_some()
+            && let Ok(s) = &status
+            && let Some(v) = violation_of(s)
+        {
+            tracing::warn!(server = %self.name, pid, violation = %v, "MCP server killed by the sandbox");
+            if let Err(e) = self.sandbox("violation", format!("pid={pid} {v}")).await {
+                tracing::error!(server = %self.name, error = %e, "cannot record the violation in the audit log");
+            }
+        }
+        exit_text(status)
+    }
 }
 
 fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
