@@ -293,8 +293,15 @@ ATTACKS = [
     ("write_file", {"path": "OUTSIDE_NEW", "text": "x"}, "ERROR EACCES"),
     ("write_file", {"path": "/tmp/aibox-sandbox-escape.txt", "text": "x"}, "ERROR EACCES"),
     ("raw_socket", {}, {"raw_icmp": "ERROR EPERM", "packet": "ERROR EPERM"}),
-    ("connect_direct", {"host": "169.254.169.254", "port": 80}, "ERROR ENETUNREACH"),
-    ("connect_direct", {"host": PUBLIC_IP, "port": PUBLIC_PORT}, "ERROR ENETUNREACH"),
+    # TCP to anything but the proxy port: Landlock's network rule (EACCES).
+    ("connect_direct", {"host": "169.254.169.254", "port": 80}, "ERROR EACCES"),
+    ("connect_direct", {"host": PUBLIC_IP, "port": PUBLIC_PORT}, "ERROR EACCES"),
+    ("connect_direct", {"host": "127.0.0.1", "port": 22}, "ERROR EACCES"),
+    # Beneath it, the network namespace has no route out at all (UDP is
+    # not covered by Landlock, so it shows the namespace on its own).
+    ("udp_route", {"host": "169.254.169.254", "port": 53}, "ERROR ENETUNREACH"),
+    ("udp_route", {"host": PUBLIC_IP, "port": 53}, "ERROR ENETUNREACH"),
+    ("udp_route", {"host": "8.8.8.8", "port": 53}, "ERROR ENETUNREACH"),
     ("ptrace", {}, "ERROR EPERM,ERROR EPERM"),
     ("unshare", {}, "ERROR EPERM"),
     ("allocate", {"mb": MEMORY_MB * 2}, "ERROR MemoryError"),
@@ -310,12 +317,15 @@ def test_attacks_fail_and_the_server_keeps_working(env: Env, tool: str, args: di
     assert call(env, "sb__echo", {"text": "still here"}) == "still here"
 
 
-def test_loopback_connect_reaches_nothing_but_the_proxy(env: Env):
+def test_loopback_is_the_namespace_s_own(env: Env):
     wait_ready(env, "sb")
     # 127.0.0.1 inside the namespace is not the host's: aibox's own
-    # listeners (and every other host service) are out of reach.
+    # listeners (and every other host service) are out of reach, by
+    # Landlock (only the proxy port may be connected to) and by the
+    # namespace (nothing listens there but the proxy).
     port = int(env.gw.main_url.rsplit(":", 1)[1])
-    assert call(env, "sb__connect_direct", {"host": "127.0.0.1", "port": port}) == "ERROR ECONNREFUSED"
+    assert call(env, "sb__connect_direct", {"host": "127.0.0.1", "port": port}) == "ERROR EACCES"
+    assert call(env, "sb__udp_route", {"host": "127.0.0.1", "port": port}) == "routed"
 
 
 def test_fork_bomb_stops_at_the_process_limit(env: Env):
@@ -332,7 +342,7 @@ def test_public_host_reachable_only_through_the_egress_proxy(env: Env):
     assert call(env, "sb__fetch", {"url": url}) == f"200 {env.host.marker}"
     t = call(env, "sb__tunnel", {"host": PUBLIC_IP, "port": PUBLIC_PORT, "path": "/"})
     assert t.startswith("HTTP/1.1 200 Connection Established | HTTP/1.0 200 OK") and env.host.marker in t, t
-    assert call(env, "sb__fetch_direct", {"url": url}) == "ERROR ENETUNREACH"
+    assert call(env, "sb__fetch_direct", {"url": url}) == "ERROR EACCES"
 
     # Through the proxy, the egress guard refuses what is not allowed.
     for dest in ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:9/", f"http://{HOST_IP}:{PUBLIC_PORT}/"]:
@@ -360,3 +370,19 @@ def test_kernel_kills_are_audited_as_violations_and_the_server_comes_back(env: E
     assert any("SIGXCPU" in v or "SIGKILL" in v for v in violations), violations
     spawns = [e for e in log_events(env.gw.stderr()) if e.get("message") == "MCP server spawned" and e.get("server") == "sbkill"]
     assert len(spawns) >= 3, "the killed server was not restarted"
+
+
+def test_doctor_reports_the_protections_of_this_host(tmp_path: Path):
+    r = subprocess.run(
+        [str(Path(__file__).resolve().parents[2] / "target" / "debug" / "aibox"), "doctor", "--sandbox", "--format", "json",
+         "--data-dir", str(tmp_path / "none"), "--deploy-dir", str(tmp_path / "none")],
+        capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    doc = json.loads(r.stdout)
+    found = {f["rule_id"] if "rule_id" in f else f.get("id"): f for f in doc["findings"]}
+    support = [f for f in doc["findings"] if "AIBOX-SANDBOX-001" in json.dumps(f)]
+    assert support, doc["findings"]
+    text = json.dumps(support[0])
+    for protection in ["netns", "user(uid=65534", "no_new_privs", "landlock(abi=", "seccomp("]:
+        assert protection in text, (protection, text)
+    assert not [f for f in doc["findings"] if "AIBOX-SANDBOX-002" in json.dumps(f)], found

@@ -58,6 +58,8 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 pub const CRASH_LOOP_AFTER: u32 = 5;
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a server whose stdout closed gets to exit by itself.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
 /// The longest stderr line logged (the rest is cut).
 const STDERR_LINE_MAX: usize = 4096;
 /// Pages of `tools/list` read at most.
@@ -700,6 +702,12 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
                     return "stopped".into();
                 }
                 _ = &mut reader => {
+                    // A closed stdout usually means the process died: its
+                    // exit status (a kernel kill is a sandbox violation)
+                    // says more than the closed pipe.
+                    if let Ok(status) = tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                        return inner.exited(pid, status).await;
+                    }
                     stop_child(&guard, &mut child).await;
                     return "the server closed its stdout or wrote an oversized message".into();
                 }

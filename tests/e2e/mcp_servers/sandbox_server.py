@@ -12,6 +12,7 @@ outcome of every attempt:
 - write_file(path, text): outside the allowed write paths;
 - raw_socket(): SOCK_RAW and AF_PACKET sockets;
 - connect_direct(host, port): TCP without the proxy (127.0.0.1, metadata);
+- udp_route(host, port): whether any route leaves the namespace;
 - fetch(url) / fetch_direct(url): HTTP through aibox's proxy / around it;
 - tunnel(host, port, path): CONNECT through the proxy, then a GET;
 - fork_bomb(n): forks until the process limit stops it;
@@ -104,6 +105,18 @@ def connect_direct(host: str, port: int) -> str:
     try:
         with socket.create_connection((host, port), timeout=3):
             return "connected"
+    except BaseException as e:  # noqa: BLE001
+        return _err(e)
+
+
+@mcp.tool()
+def udp_route(host: str, port: int) -> str:
+    """Whether a UDP socket can be routed to host:port (connect(2) on UDP
+    sends nothing; it fails only when no route exists)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, port))
+            return "routed"
     except BaseException as e:  # noqa: BLE001
         return _err(e)
 
