@@ -371,6 +371,8 @@ def test_kernel_kills_are_audited_as_violations_and_the_server_comes_back(env: E
     wait_ready(env, "sbkill", timeout=40)
     violations = [e["detail"] for e in sandbox_events(env) if e["server"] == "sbkill" and e["what"] == "violation"]
     assert any("SIGSYS" in v and "seccomp" in v for v in violations), violations
+    # The kernel's own record (audit netlink, as root): which syscall.
+    assert any("kernel audit: seccomp killed the process at syscall" in v and "(ptrace)" in v for v in violations), violations
     assert any("SIGXCPU" in v or "SIGKILL" in v for v in violations), violations
     spawns = [e for e in log_events(env.gw.stderr()) if e.get("message") == "MCP server spawned" and e.get("server") == "sbkill"]
     assert len(spawns) >= 3, "the killed server was not restarted"

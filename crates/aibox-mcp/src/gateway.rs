@@ -410,6 +410,14 @@ impl McpGateway {
                 "{FILESYSTEM_ROOT_ENV} is set but 'filesystem' is not enabled in data/mcp/servers.txt; the filesystem server stays off"
             );
         }
+        let pids = Arc::new(crate::sandbox_watch::ServerPids::default());
+        if reg
+            .servers
+            .iter()
+            .any(|s| matches!(&s.transport, Transport::Stdio(st) if st.sandbox.is_some()))
+        {
+            crate::sandbox_watch::start(pids.clone(), deps.audit.clone());
+        }
         let mut servers = Vec::with_capacity(reg.servers.len());
         for spec in reg.servers {
             let upstream: Arc<dyn Upstream> = match &spec.transport {
@@ -432,6 +440,7 @@ impl McpGateway {
                     crate::stdio::SandboxDeps {
                         launcher: settings.sandbox_launcher.clone(),
                         egress: deps.egress.clone(),
+                        pids: pids.clone(),
                     },
                     STARTUP_WAIT,
                 )),

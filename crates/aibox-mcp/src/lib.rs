@@ -43,6 +43,7 @@ pub mod policy;
 pub mod protocol;
 pub mod registry;
 pub mod remote;
+pub mod sandbox_watch;
 pub mod seams;
 pub mod session;
 pub mod sse;

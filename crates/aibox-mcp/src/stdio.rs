@@ -199,6 +199,9 @@ pub struct SandboxDeps {
     pub launcher: PathBuf,
     /// The egress guard for the sandbox proxy.
     pub egress: Arc<dyn HttpEgress>,
+    /// Where the current pid of each sandboxed server is kept, for the
+    /// kernel's violation reports.
+    pub pids: Arc<crate::sandbox_watch::ServerPids>,
 }
 
 /// How long a launcher may take to confine itself and report.
@@ -595,6 +598,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
                 );
             }
         }
+        inner.sandbox.pids.set(&inner.name, pid);
         if let Some(fd) = listener {
             match crate::egress_proxy::spawn(
                 inner.name.clone(),

@@ -1573,6 +1573,7 @@ async fn overhead_of_the_gateway_p50() {
         aibox_mcp::stdio::SandboxDeps {
             launcher: "/proc/self/exe".into(),
             egress: Arc::new(aibox_mcp::UncheckedEgress::new().unwrap()),
+            pids: Default::default(),
         },
         Duration::from_secs(10),
     );

@@ -14,6 +14,7 @@
 //! construction in [`seccomp`] are pure.
 
 pub mod control;
+pub mod kernel_audit;
 pub mod launch;
 mod netlink;
 pub mod profile;

@@ -202,6 +202,20 @@ fn number(name: &str) -> Option<i64> {
     Some(n)
 }
 
+/// The name of a syscall number on the deny-list's table.
+pub fn name_of(number_: i64) -> Option<&'static str> {
+    KNOWN_NAMES
+        .iter()
+        .copied()
+        .find(|n| number(n) == Some(number_))
+        .or(match number_ {
+            libc::SYS_socket => Some("socket"),
+            libc::SYS_clone => Some("clone"),
+            libc::SYS_clone3 => Some("clone3"),
+            _ => None,
+        })
+}
+
 /// A filter problem (an unknown name, or the compiler refusing).
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
