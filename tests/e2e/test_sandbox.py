@@ -222,7 +222,7 @@ def call(env: Env, tool: str, args: dict[str, Any] | None = None) -> Any:
     """The tool's structured result (or text); an McpError is returned."""
 
     async def go() -> Any:
-        headers = {"Authorization": f"Bearer {env.key}"}
+        headers = {"Authorization": f"Bearer {env.key}"} if env.key else {}
         async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=60)) as client:
             async with streamable_http_client(env.url(), http_client=client) as (read, write, _):
                 async with ClientSession(read, write) as s:
@@ -392,3 +392,75 @@ def test_doctor_reports_the_protections_of_this_host(tmp_path: Path):
     for protection in ["netns", "user(uid=65534", "no_new_privs", "landlock(abi=", "seccomp("]:
         assert protection in text, (protection, text)
     assert not [f for f in doc["findings"] if "AIBOX-SANDBOX-002" in json.dumps(f)], found
+
+
+def test_missing_protection_refuses_in_require_and_degrades_loudly_in_best_effort(cluster: Cluster):
+    """A host where network namespaces are unavailable, made real: aibox
+    itself runs confined (through its own launcher, as nobody, with
+    `unshare` denied by seccomp), so its servers' launchers cannot create
+    a namespace. The `require` server must not start (audited `refused`);
+    the `best_effort` one starts, works, and is audited `degraded` naming
+    what is missing."""
+    from conftest import AIBOX_BIN
+
+    base = Path(tempfile.mkdtemp(prefix="aibox-sbx-host-"))
+    os.chmod(base, 0o777)
+    cwd = base / "aibox"
+    (cwd / "data" / "mcp").mkdir(parents=True)
+    for d in [cwd, cwd / "data", cwd / "data" / "mcp"]:
+        os.chmod(d, 0o777)
+    registry = {
+        "strict": sandbox_entry(base, base),
+        "lenient": sandbox_entry(base, base, mode="best_effort"),
+    }
+    for entry in registry.values():
+        entry["cwd"] = str(base)
+    (cwd / "data" / "mcp" / "servers.txt").write_text("strict\nlenient\n")
+    (cwd / "data" / "mcp" / "registry.json").write_text(json.dumps({"servers": registry}))
+    cfg = base_config()
+    cfg["log"] = {"format": "json"}
+    (cwd / "config.yaml").write_text(json.dumps(cfg))
+    repo = Path(__file__).resolve().parents[2]
+    outer = {
+        "mode": "require", "read": [str(repo), sys.prefix], "write": [str(base)], "system_paths": True,
+        "network": "host", "seccomp_deny": sorted(["unshare", "setns", "clone_namespaces", "ptrace"]),
+        "on_violation": "errno", "uid": NOBODY, "gid": NOBODY,
+    }
+    request = {"profile": outer, "limits": {"cpu_secs": None, "memory_mb": None, "open_files": None, "processes": None},
+               "command": str(AIBOX_BIN.resolve()), "args": ["serve", "--config", str(cwd / "config.yaml")],
+               "control": None, "probe": False}
+    env = {
+        "AIBOX_SANDBOX_REQUEST": json.dumps(request),
+        "TMPDIR": str(base),
+        "AIBOX_MCP_REQUIRE_CAPTOKEN": "false",
+        "AIBOX_PRINCIPAL_KEYS": keyring_value([("p1", new_secret())]),
+        "AIBOX_CAPTOKEN_KEYS": keyring_value([("c1", new_secret())]),
+    }
+    proc = cluster.spawn_aibox(None, env=env, cwd=cwd, command=("sandbox-exec",))
+    gw = Aibox(proc, cluster)
+    cluster.others.remove(proc)
+    cluster.gateways.append(gw)
+    e = Env(gw, "", cwd / "config.yaml", base, base, base, None, cluster)  # type: ignore[arg-type]
+
+    deadline = time.monotonic() + 30
+    while True:
+        events = sandbox_events(e)
+        refused = [x for x in events if x["server"] == "strict" and x["what"] == "refused"]
+        degraded = [x for x in events if x["server"] == "lenient" and x["what"] == "degraded"]
+        spawned = [x for x in events if x["server"] == "lenient" and x["what"] == "spawn"]
+        if refused and degraded and spawned:
+            break
+        assert time.monotonic() < deadline, f"{events}\n{gw.stderr()[-3000:]}"
+        time.sleep(0.3)
+    assert "missing=[netns:" in refused[0]["detail"], refused
+    assert "netns:" in degraded[0]["detail"] and "unshare" in degraded[0]["detail"], degraded
+    assert "landlock(abi=" in spawned[0]["detail"] and "seccomp(" in spawned[0]["detail"], spawned
+    assert not [x for x in events if x["server"] == "strict" and x["what"] == "spawn"], "the require server started"
+    # The degraded server works; the refused one is not available.
+    wait_ready(e, "lenient")
+    assert call(e, "lenient__whoami")["uid"] == NOBODY
+    assert call(e, "lenient__read_file", {"path": "/etc/shadow"}) == "ERROR EACCES"
+    assert isinstance(call(e, "strict__echo", {"text": "x"}), McpError)
+    warnings = [x for x in log_events(gw.stderr()) if "WEAKER SANDBOX" in x.get("message", "")]
+    assert warnings and warnings[0]["level"] == "WARN", "the degraded start must be loud in the log"
+    shutil.rmtree(base, ignore_errors=True)

@@ -551,22 +551,30 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     let mut detail = spawn_detail(spec, pid);
     let mut _proxy = None;
     if let (Some(profile), Some(control)) = (&spec.sandbox, control) {
-        let received = tokio::task::spawn_blocking(move || {
+        let mut received = tokio::task::spawn_blocking(move || {
             let r = control.receive(LAUNCH_REPORT_TIMEOUT);
             drop(control);
             r
         });
-        let (report, listener) = tokio::select! {
-            r = received => match r {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return format!("sandbox launcher: {e}"),
-                Err(e) => return format!("sandbox launcher: {e}"),
-            },
+        let received = tokio::select! {
+            r = &mut received => r,
             status = child.wait() => {
-                let why = format!("the sandbox launcher exited before it reported ({})", exit_text(status));
-                let _ = inner.sandbox("refused", format!("pid={pid} {} {why}", profile.summary())).await;
-                return why;
+                // A launcher that refuses reports first and exits at once:
+                // the report may still be on its way.
+                match tokio::time::timeout(Duration::from_secs(1), &mut received).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let why = format!("the sandbox launcher exited before it reported ({})", exit_text(status));
+                        let _ = inner.sandbox("refused", format!("pid={pid} {} {why}", profile.summary())).await;
+                        return why;
+                    }
+                }
             }
+        };
+        let (report, listener) = match received {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return format!("sandbox launcher: {e}"),
+            Err(e) => return format!("sandbox launcher: {e}"),
         };
         detail.push_str(&format!(
             " sandbox=[{}] applied=[{}] missing=[{}]",
