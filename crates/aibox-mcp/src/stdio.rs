@@ -12,7 +12,15 @@
 //! - it runs in the registry's `cwd`, in its own process group (so a
 //!   terminal's signals do not reach it, and the whole group is killed
 //!   together);
-//! - resource limits are applied with `prlimit(2)` on the child right after
+//! - with a `sandbox` profile, the process is `aibox sandbox-exec` (see
+//!   `aibox-sandbox`), which applies the resource limits, a network
+//!   namespace, a non-root user, `no_new_privs`, Landlock and seccomp to
+//!   itself, reports what it applied over a per-spawn control socket (with
+//!   the in-namespace proxy socket, served by [`crate::egress_proxy`]) and
+//!   execs the server; the spawn is audited with the profile and what was
+//!   applied or missing, a `require` profile that cannot be applied is
+//!   refused, and a kernel kill (`SIGSYS`, `SIGXCPU`) is a `violation`;
+//! - without one, resource limits are applied with `prlimit(2)` on the child right after
 //!   it is spawned. The workspace forbids `unsafe`, which `pre_exec` (and so
 //!   `setrlimit` between fork and exec) needs; the cost is a window of
 //!   microseconds in which the new process runs unlimited. If a configured
