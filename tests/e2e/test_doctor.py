@@ -352,13 +352,15 @@ def test_each_fixture_trips_its_check(ref: Path, rule: str, mutate: Callable[[Pa
 
 
 def test_every_rule_has_a_fixture():
-    """The table covers every check the doctor has (besides its own notes
-    and the online ones, which test_online_issuer covers)."""
+    """The table covers every check the doctor has (besides its own notes,
+    the online ones, which test_online_issuer covers, and the --sandbox host
+    probe, which test_sandbox.py covers)."""
     sarif = json.loads(aibox(["doctor", "--format", "sarif", "--deploy-dir", "/nonexistent",
                               "--data-dir", "/nonexistent"], cwd=Path("/")).stdout)
     rules = {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]}
     covered = {rule for rule, _, _ in FIXTURES_TABLE} | {"AIBOX-AUTH-003", "AIBOX-AUTH-004",
-                                                           "AIBOX-DOCTOR-001", "AIBOX-DOCTOR-002"}
+                                                           "AIBOX-DOCTOR-001", "AIBOX-DOCTOR-002",
+                                                           "AIBOX-SANDBOX-001", "AIBOX-SANDBOX-002"}
     assert rules == covered, rules ^ covered
     high_rules = {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]
                   if r["defaultConfiguration"]["level"] == "error"}

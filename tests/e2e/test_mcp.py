@@ -484,8 +484,12 @@ def test_origin_protocol_version_and_authentication_on_the_wire(env: Env):
         (["local"], {"local": stdio_server(allow_clients=["team:x"])}, ["allow_clients", "team:x"]),
         (["local"], {"local": stdio_server(colour="blue")}, ["unknown field", "colour"]),
         (["filesystem"], {"filesystem": {"transport": "builtin", "allow_clients": []}}, ["FILESYSTEM_ROOT"]),
+        (["local"], {"local": stdio_server(sandbox={"read": ["relative"]})}, ["sandbox.read", "not an absolute path", "fix:"]),
+        (["local"], {"local": stdio_server(sandbox={"uid": 0})}, ["sandbox.uid", "0 is root"]),
+        (["local"], {"local": stdio_server(sandbox={"seccomp_deny": ["nosuchcall"]})}, ["unknown syscall 'nosuchcall'", "use one of"]),
     ],
-    ids=["unknown-server", "plaintext-secret", "bad-selector", "unknown-field", "filesystem-without-root"],
+    ids=["unknown-server", "plaintext-secret", "bad-selector", "unknown-field", "filesystem-without-root",
+         "sandbox-relative-path", "sandbox-root-uid", "sandbox-unknown-syscall"],
 )
 def test_registry_mistakes_stop_start_up(cluster: Cluster, servers, registry, words):
     cwd = cluster.aibox_dir()

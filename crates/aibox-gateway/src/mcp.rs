@@ -2,8 +2,9 @@
 //! (the tamper-evident log) and its start-up from the environment.
 //!
 //! Tool calls are appended as turns of the caller's tenant; sandbox events
-//! (spawns and exits of tool server processes, which no tenant owns) as
-//! turnless batches of the `default` tenant.
+//! (spawns, exits, violations and refused egress of tool server processes,
+//! which no tenant owns) as turnless batches of the `_aibox` system tenant,
+//! beside the ops actions ([`crate::ops::system_tenant`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,7 +38,7 @@ impl ToolAudit for AuditLogSink {
 
     fn record_sandbox(&self, rec: SandboxRecord) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let tenant = TenantId::default_tenant();
+            let tenant = crate::ops::system_tenant();
             let event = AuditEvent {
                 tenant: tenant.clone(),
                 turn: None,
@@ -99,6 +100,13 @@ impl HttpEgress for GuardedEgress {
 
     fn client(&self) -> reqwest::Client {
         self.0.client().clone()
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        url: &'a url::Url,
+    ) -> BoxFuture<'a, Result<Vec<std::net::SocketAddr>, String>> {
+        Box::pin(async move { self.0.resolve_checked(url).await.map_err(|e| e.to_string()) })
     }
 }
 

@@ -136,6 +136,9 @@ pub struct McpSettings {
     pub filesystem_root: Option<PathBuf>,
     /// `$HOME`, for the filesystem root check.
     pub home: Option<PathBuf>,
+    /// The sandbox launcher for stdio servers with a `sandbox` profile
+    /// (default `/proc/self/exe`: the running aibox binary).
+    pub sandbox_launcher: PathBuf,
 }
 
 impl McpSettings {
@@ -149,6 +152,7 @@ impl McpSettings {
             captoken_audience: DEFAULT_CAPTOKEN_AUDIENCE.to_owned(),
             filesystem_root: None,
             home: None,
+            sandbox_launcher: PathBuf::from("/proc/self/exe"),
         }
     }
 
@@ -406,6 +410,14 @@ impl McpGateway {
                 "{FILESYSTEM_ROOT_ENV} is set but 'filesystem' is not enabled in data/mcp/servers.txt; the filesystem server stays off"
             );
         }
+        let pids = Arc::new(crate::sandbox_watch::ServerPids::default());
+        if reg
+            .servers
+            .iter()
+            .any(|s| matches!(&s.transport, Transport::Stdio(st) if st.sandbox.is_some()))
+        {
+            crate::sandbox_watch::start(pids.clone(), deps.audit.clone());
+        }
         let mut servers = Vec::with_capacity(reg.servers.len());
         for spec in reg.servers {
             let upstream: Arc<dyn Upstream> = match &spec.transport {
@@ -425,6 +437,11 @@ impl McpGateway {
                     s.clone(),
                     deps.audit.clone(),
                     deps.secrets.clone(),
+                    crate::stdio::SandboxDeps {
+                        launcher: settings.sandbox_launcher.clone(),
+                        egress: deps.egress.clone(),
+                        pids: pids.clone(),
+                    },
                     STARTUP_WAIT,
                 )),
             };

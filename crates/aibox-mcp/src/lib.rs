@@ -33,6 +33,7 @@
 //! sessions, SSE answers) is small, and owning it keeps policy in one place
 //! and the dependency tree (and the request path) short.
 
+pub mod egress_proxy;
 pub mod fs;
 pub mod gateway;
 pub mod http;
@@ -42,6 +43,7 @@ pub mod policy;
 pub mod protocol;
 pub mod registry;
 pub mod remote;
+pub mod sandbox_watch;
 pub mod seams;
 pub mod session;
 pub mod sse;

@@ -14,6 +14,7 @@
 //!     "secrets": {"GITHUB_TOKEN": "github-token"},
 //!     "cwd": "/srv/tools",
 //!     "limits": {"cpu_secs": 600, "memory_mb": 1024, "open_files": 256, "processes": 256},
+//!     "sandbox": {"mode": "require", "read": ["/srv/tools"], "write": ["/srv/tools/cache"], "network": "proxy"},
 //!     "timeout_ms": 30000,
 //!     "allow_clients": ["tenant:acme&role:tools"],
 //!     "tools": {"allow": ["search", "read_*"], "deny": ["delete_*"]}
@@ -131,6 +132,9 @@ pub struct StdioSpec {
     pub cwd: Option<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
+    /// The sandbox profile; `None` runs the server unconfined (logged and
+    /// audited as such at every spawn).
+    pub sandbox: Option<aibox_sandbox::SandboxProfile>,
 }
 
 /// Resource limits of a child process (`setrlimit` semantics; unset means
@@ -223,6 +227,7 @@ struct RawServer {
     secrets: Option<UniqueMap<String>>,
     cwd: Option<PathBuf>,
     limits: Option<Limits>,
+    sandbox: Option<aibox_sandbox::RawProfile>,
     url: Option<String>,
     timeout_ms: Option<u64>,
     allow_clients: Option<Vec<String>>,
@@ -417,17 +422,20 @@ fn validate_server(name: &str, r: RawServer, file: &str) -> Result<ServerSpec, R
             format!("remove '{field}'"),
         )
     };
-    let present: [(&str, bool); 7] = [
+    let present: [(&str, bool); 8] = [
         ("command", r.command.is_some()),
         ("args", r.args.is_some()),
         ("env", r.env.is_some()),
         ("secrets", r.secrets.is_some()),
         ("cwd", r.cwd.is_some()),
         ("limits", r.limits.is_some()),
+        ("sandbox", r.sandbox.is_some()),
         ("url", r.url.is_some()),
     ];
     let allowed_fields: &[&str] = match r.transport {
-        RawTransport::Stdio => &["command", "args", "env", "secrets", "cwd", "limits"],
+        RawTransport::Stdio => &[
+            "command", "args", "env", "secrets", "cwd", "limits", "sandbox",
+        ],
         RawTransport::Http => &["url"],
         RawTransport::Builtin => &[],
     };
@@ -522,6 +530,15 @@ fn validate_server(name: &str, r: RawServer, file: &str) -> Result<ServerSpec, R
                     "pass credentials through \"secrets\" (an environment variable from the vault), never in args (seed 004 §11)".into(),
                 ));
             }
+            let sandbox = match r.sandbox {
+                Some(raw) => Some(raw.validate().map_err(|e| {
+                    err(
+                        format!("sandbox.{}: {}", e.key, e.problem),
+                        format!("{} (the profile keys are listed in the README)", e.fix),
+                    )
+                })?),
+                None => None,
+            };
             Transport::Stdio(StdioSpec {
                 command,
                 args,
@@ -529,6 +546,7 @@ fn validate_server(name: &str, r: RawServer, file: &str) -> Result<ServerSpec, R
                 secrets,
                 cwd: r.cwd,
                 limits,
+                sandbox,
             })
         }
         RawTransport::Http => {
@@ -673,6 +691,7 @@ mod tests {
         "local": {"transport": "stdio", "command": "/usr/bin/python3", "args": ["s.py"],
                   "env": {"LOG_LEVEL": "info"}, "secrets": {"GITHUB_TOKEN": "github-token"},
                   "cwd": "/srv", "limits": {"cpu_secs": 10, "memory_mb": 512},
+                  "sandbox": {"mode": "best_effort", "read": ["/srv"]},
                   "timeout_ms": 5000, "allow_clients": ["tenant:acme&role:tools", "user:acme/bob"],
                   "tools": {"allow": ["echo", "read_*"], "deny": ["read_secret"]}},
         "remote": {"transport": "http", "url": "https://tools.example.com/mcp", "allow_clients": ["*"]},
@@ -700,6 +719,9 @@ mod tests {
                 assert_eq!(s.secrets["GITHUB_TOKEN"], "github-token");
                 assert_eq!(s.limits.cpu_secs, Some(10));
                 assert_eq!(s.limits.open_files, None);
+                let sb = s.sandbox.as_ref().unwrap();
+                assert_eq!(sb.read, vec![PathBuf::from("/srv")]);
+                assert_eq!(sb.mode, aibox_sandbox::Mode::BestEffort);
             }
             other => panic!("{other:?}"),
         }
@@ -747,6 +769,11 @@ mod tests {
             ("s\n", stdio(r#", "cwd": "rel/dir""#), vec!["not absolute"]),
             ("s\n", stdio(r#", "limits": {"memory_mb": 0}"#), vec!["limits.memory_mb is 0"]),
             ("s\n", stdio(r#", "timeout_ms": 0"#), vec!["timeout_ms 0"]),
+            ("s\n", stdio(r#", "sandbox": {"read": ["tools"]}"#), vec!["sandbox.read", "not an absolute path"]),
+            ("s\n", stdio(r#", "sandbox": {"uid": 0}"#), vec!["sandbox.uid: 0 is root"]),
+            ("s\n", stdio(r#", "sandbox": {"seccomp_deny": ["nope"]}"#), vec!["unknown syscall 'nope'"]),
+            ("s\n", stdio(r#", "sandbox": {"net": "none"}"#), vec!["servers.s.sandbox", "unknown field `net`"]),
+            ("s\n", r#"{"servers": {"s": {"transport": "http", "url": "https://x", "sandbox": {}}}}"#.into(), vec!["'sandbox' does not apply"]),
             ("s\n", stdio(r#", "allow_clients": ["team:x"]"#), vec!["allow_clients", "team:x"]),
             ("s\n", stdio(r#", "tools": {"allow": ["a.b"]}"#), vec!["tools.allow", "a.b"]),
             ("s\n", stdio(r#", "tools": {"allow": ["Read", "read"]}"#), vec!["collision"]),

@@ -200,6 +200,12 @@ pub trait HttpEgress: Send + Sync {
     /// The client to send with (no proxy from the environment, redirects
     /// re-checked or off).
     fn client(&self) -> reqwest::Client;
+    /// Checks `url` and resolves its host, checking every address: the
+    /// only addresses the sandbox proxy may connect to for it.
+    fn resolve<'a>(
+        &'a self,
+        url: &'a url::Url,
+    ) -> BoxFuture<'a, Result<Vec<std::net::SocketAddr>, String>>;
 }
 
 /// An egress that allows every http(s) URL, loopback included, with a plain
@@ -235,6 +241,22 @@ impl HttpEgress for UncheckedEgress {
 
     fn client(&self) -> reqwest::Client {
         self.client.clone()
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        url: &'a url::Url,
+    ) -> BoxFuture<'a, Result<Vec<std::net::SocketAddr>, String>> {
+        Box::pin(async move {
+            self.check(url)?;
+            let host = url.host_str().ok_or("the URL has no host")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = url.port_or_known_default().ok_or("the URL has no port")?;
+            tokio::net::lookup_host((host, port))
+                .await
+                .map(Iterator::collect)
+                .map_err(|e| format!("cannot resolve {host}: {e}"))
+        })
     }
 }
 

@@ -12,7 +12,15 @@
 //! - it runs in the registry's `cwd`, in its own process group (so a
 //!   terminal's signals do not reach it, and the whole group is killed
 //!   together);
-//! - resource limits are applied with `prlimit(2)` on the child right after
+//! - with a `sandbox` profile, the process is `aibox sandbox-exec` (see
+//!   `aibox-sandbox`), which applies the resource limits, a network
+//!   namespace, a non-root user, `no_new_privs`, Landlock and seccomp to
+//!   itself, reports what it applied over a per-spawn control socket (with
+//!   the in-namespace proxy socket, served by [`crate::egress_proxy`]) and
+//!   execs the server; the spawn is audited with the profile and what was
+//!   applied or missing, a `require` profile that cannot be applied is
+//!   refused, and a kernel kill (`SIGSYS`, `SIGXCPU`) is a `violation`;
+//! - without one, resource limits are applied with `prlimit(2)` on the child right after
 //!   it is spawned. The workspace forbids `unsafe`, which `pre_exec` (and so
 //!   `setrlimit` between fork and exec) needs; the cost is a window of
 //!   microseconds in which the new process runs unlimited. If a configured
@@ -25,6 +33,7 @@
 //!   then SIGKILL after [`STOP_GRACE`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -37,7 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{self, Message, RpcError, codes};
 use crate::registry::{Limits, StdioSpec};
-use crate::seams::{BoxFuture, SandboxRecord, SecretSource, ToolAudit};
+use crate::seams::{BoxFuture, HttpEgress, SandboxRecord, SecretSource, ToolAudit};
 use crate::upstream::{
     CallError, HealthState, MAX_MESSAGE_BYTES, ServerHealth, ToolInfo, Upstream, accept_tools,
     tools_page,
@@ -57,6 +66,8 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 pub const CRASH_LOOP_AFTER: u32 = 5;
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a server whose stdout closed gets to exit by itself.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
 /// The longest stderr line logged (the rest is cut).
 const STDERR_LINE_MAX: usize = 4096;
 /// Pages of `tools/list` read at most.
@@ -68,7 +79,7 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -177,6 +188,7 @@ struct Inner {
     spec: StdioSpec,
     audit: Arc<dyn ToolAudit>,
     secrets: Arc<dyn SecretSource>,
+    sandbox: SandboxDeps,
     startup_wait: Duration,
     conn: RwLock<Option<Arc<Conn>>>,
     tools: RwLock<Arc<Vec<ToolInfo>>>,
@@ -185,6 +197,23 @@ struct Inner {
     changed: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
+
+/// What sandboxed servers need besides their profile: the launcher
+/// program (`aibox` itself, run as `aibox sandbox-exec`) and the egress
+/// seam their proxy sends everything through.
+#[derive(Clone)]
+pub struct SandboxDeps {
+    /// The launcher: normally `/proc/self/exe`, the running aibox binary.
+    pub launcher: PathBuf,
+    /// The egress guard for the sandbox proxy.
+    pub egress: Arc<dyn HttpEgress>,
+    /// Where the current pid of each sandboxed server is kept, for the
+    /// kernel's violation reports.
+    pub pids: Arc<crate::sandbox_watch::ServerPids>,
+}
+
+/// How long a launcher may take to confine itself and report.
+pub const LAUNCH_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A supervised stdio tool server.
 pub struct StdioServer {
@@ -201,6 +230,7 @@ impl StdioServer {
         spec: StdioSpec,
         audit: Arc<dyn ToolAudit>,
         secrets: Arc<dyn SecretSource>,
+        sandbox: SandboxDeps,
         startup_wait: Duration,
     ) -> Self {
         let inner = Arc::new(Inner {
@@ -208,6 +238,7 @@ impl StdioServer {
             spec,
             audit,
             secrets,
+            sandbox,
             startup_wait,
             conn: RwLock::new(None),
             tools: RwLock::new(Arc::new(Vec::new())),
@@ -445,10 +476,52 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
         }
     }
 
-    let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(env)
+    // A sandboxed server is started through the launcher, which confines
+    // itself and then execs the server (see aibox-sandbox).
+    let control = match &spec.sandbox {
+        Some(_) => match aibox_sandbox::ControlSocket::create(&inner.name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return format!(
+                    "cannot create the sandbox control socket in {}: {e}; fix: make the temporary directory (TMPDIR) writable by aibox",
+                    std::env::temp_dir().display()
+                );
+            }
+        },
+        None => None,
+    };
+    let mut cmd = match (&spec.sandbox, &control) {
+        (Some(profile), Some(control)) => {
+            let request = aibox_sandbox::LaunchRequest {
+                profile: profile.clone(),
+                limits: aibox_sandbox::RLimits {
+                    cpu_secs: spec.limits.cpu_secs,
+                    memory_mb: spec.limits.memory_mb,
+                    open_files: spec.limits.open_files,
+                    processes: spec.limits.processes,
+                },
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                control: Some(control.path().to_path_buf()),
+                probe: false,
+            };
+            let json = match serde_json::to_string(&request) {
+                Ok(j) => j,
+                Err(e) => return format!("cannot encode the launch request: {e}"),
+            };
+            let mut c = Command::new(&inner.sandbox.launcher);
+            c.arg(aibox_sandbox::LAUNCHER_SUBCOMMAND)
+                .env_clear()
+                .env(aibox_sandbox::REQUEST_ENV, json);
+            c
+        }
+        _ => {
+            let mut c = Command::new(&spec.command);
+            c.args(&spec.args).env_clear();
+            c
+        }
+    };
+    cmd.envs(env)
         .envs(secret_env.iter().map(|(k, v)| (k.as_str(), v.expose())))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -476,11 +549,93 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
             .ok()
             .and_then(rustix::process::Pid::from_raw),
     );
-    if let Err(e) = apply_limits(pid, &spec.limits) {
-        let _ = inner.sandbox("degraded", format!("pid={pid} {e}")).await;
-        return format!("{e}; the process was killed (limits are not optional)");
+    // Taken before anything waits on the child: tokio's `Child::wait`
+    // closes a stdin still held by the child handle.
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return "the process has no stdio pipes".into();
+    };
+    let mut detail = spawn_detail(spec, pid);
+    let mut _proxy = None;
+    if let (Some(profile), Some(control)) = (&spec.sandbox, control) {
+        let mut received = tokio::task::spawn_blocking(move || {
+            let r = control.receive(LAUNCH_REPORT_TIMEOUT);
+            drop(control);
+            r
+        });
+        let received = tokio::select! {
+            r = &mut received => r,
+            status = child.wait() => {
+                // A launcher that refuses reports first and exits at once:
+                // the report may still be on its way.
+                match tokio::time::timeout(Duration::from_secs(1), &mut received).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let why = format!("the sandbox launcher exited before it reported ({})", exit_text(status));
+                        let _ = inner.sandbox("refused", format!("pid={pid} {} {why}", profile.summary())).await;
+                        return why;
+                    }
+                }
+            }
+        };
+        let (report, listener) = match received {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return format!("sandbox launcher: {e}"),
+            Err(e) => return format!("sandbox launcher: {e}"),
+        };
+        detail.push_str(&format!(
+            " sandbox=[{}] applied=[{}] missing=[{}]",
+            profile.summary(),
+            report.applied.join(","),
+            report.missing.join("; ")
+        ));
+        if report.refused {
+            let why = format!(
+                "sandbox mode require: missing {}; the server was not started; fix: make the protection available on this host (see `aibox doctor`) or set \"mode\": \"best_effort\" in its sandbox profile",
+                report.missing.join("; ")
+            );
+            tracing::error!(server = %inner.name, %detail, "MCP server refused: its sandbox cannot be applied");
+            let _ = inner.sandbox("refused", detail).await;
+            return why;
+        }
+        if !report.missing.is_empty() {
+            tracing::warn!(server = %inner.name, missing = %report.missing.join("; "),
+                "MCP SERVER RUNS WITH A WEAKER SANDBOX THAN ITS PROFILE ASKS (best_effort): these protections are missing on this host");
+            if let Err(e) = inner
+                .sandbox(
+                    "degraded",
+                    format!("pid={pid} missing=[{}]", report.missing.join("; ")),
+                )
+                .await
+            {
+                return format!(
+                    "the degraded sandbox could not be recorded in the audit log ({e})"
+                );
+            }
+        }
+        inner.sandbox.pids.set(&inner.name, pid);
+        if let Some(fd) = listener {
+            match crate::egress_proxy::spawn(
+                inner.name.clone(),
+                std::net::TcpListener::from(fd),
+                inner.sandbox.egress.clone(),
+                inner.audit.clone(),
+            ) {
+                Ok(p) => _proxy = Some(p),
+                Err(e) => return format!("cannot serve the sandbox proxy: {e}"),
+            }
+        } else if profile.network == aibox_sandbox::Network::Proxy && report.missing.is_empty() {
+            return "the sandbox launcher sent no proxy socket".into();
+        }
+    } else {
+        if let Err(e) = apply_limits(pid, &spec.limits) {
+            let _ = inner.sandbox("degraded", format!("pid={pid} {e}")).await;
+            return format!("{e}; the process was killed (limits are not optional)");
+        }
+        detail.push_str(" sandbox=none");
+        tracing::warn!(server = %inner.name, "MCP server runs unconfined: it has no \"sandbox\" profile in registry.json");
     }
-    let detail = spawn_detail(spec, pid);
     tracing::info!(server = %inner.name, %detail, "MCP server spawned");
     if let Err(e) = inner.sandbox("spawn", detail).await {
         tracing::error!(server = %inner.name, error = %e, "cannot record the spawn in the audit log; killing the process");
@@ -488,11 +643,6 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     }
     inner.set_status(|s| s.pid = Some(pid));
 
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return "the process has no stdio pipes".into();
-    };
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
         let mut stdin = stdin;
@@ -545,7 +695,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
                 Ok(t) => t,
                 Err(e) => return e,
             },
-            status = child.wait() => return exit_text(status),
+            status = child.wait() => return inner.exited(pid, status).await,
             _ = stop.changed() => {
                 stop_child(&guard, &mut child).await;
                 return "stopped".into();
@@ -566,12 +716,18 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
         tracing::info!(server = %inner.name, pid, tools = count, "MCP server ready");
         loop {
             tokio::select! {
-                status = child.wait() => return exit_text(status),
+                status = child.wait() => return inner.exited(pid, status).await,
                 _ = stop.changed() => {
                     stop_child(&guard, &mut child).await;
                     return "stopped".into();
                 }
                 _ = &mut reader => {
+                    // A closed stdout usually means the process died: its
+                    // exit status (a kernel kill is a sandbox violation)
+                    // says more than the closed pipe.
+                    if let Ok(status) = tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                        return inner.exited(pid, status).await;
+                    }
                     stop_child(&guard, &mut child).await;
                     return "the server closed its stdout or wrote an oversized message".into();
                 }
@@ -605,6 +761,37 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
         .await
         .map_err(|e| tracing::error!(server = %inner.name, error = %e, "cannot record the exit in the audit log"));
     ended
+}
+
+/// What a signal that ended a server says about the sandbox, if anything:
+/// these are the violations the kernel reports to aibox.
+pub fn violation_of(status: &std::process::ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let sig = status.signal()?;
+    let what = match sig {
+        31 => "SIGSYS: a system call on the seccomp deny-list (on_violation kill)",
+        24 => "SIGXCPU: the CPU time limit (limits.cpu_secs) was reached",
+        9 => "SIGKILL: killed by the kernel (the CPU hard limit, or out of memory)",
+        25 => "SIGXFSZ: the file size limit was reached",
+        _ => return None,
+    };
+    Some(what.to_owned())
+}
+
+impl Inner {
+    /// Describes the end of a run, auditing a violation the kernel reported.
+    async fn exited(&self, pid: u32, status: std::io::Result<std::process::ExitStatus>) -> String {
+        if self.spec.sandbox.is_some()
+            && let Ok(s) = &status
+            && let Some(v) = violation_of(s)
+        {
+            tracing::warn!(server = %self.name, pid, violation = %v, "MCP server killed by the sandbox");
+            if let Err(e) = self.sandbox("violation", format!("pid={pid} {v}")).await {
+                tracing::error!(server = %self.name, error = %e, "cannot record the violation in the audit log");
+            }
+        }
+        exit_text(status)
+    }
 }
 
 fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
@@ -858,6 +1045,7 @@ mod tests {
                 cpu_secs: Some(5),
                 ..Limits::default()
             },
+            sandbox: None,
         };
         let d = spawn_detail(&spec, 42);
         assert!(d.contains("pid=42"), "{d}");

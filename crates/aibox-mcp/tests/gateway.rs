@@ -1570,6 +1570,11 @@ async fn overhead_of_the_gateway_p50() {
             "AIBOX_MCP_SECRET_API_TOKEN".to_owned(),
             "x".to_owned(),
         )]))),
+        aibox_mcp::stdio::SandboxDeps {
+            launcher: "/proc/self/exe".into(),
+            egress: Arc::new(aibox_mcp::UncheckedEgress::new().unwrap()),
+            pids: Default::default(),
+        },
         Duration::from_secs(10),
     );
     use aibox_mcp::upstream::Upstream as _;

@@ -240,6 +240,15 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // The sandbox launcher (hidden, started by aibox itself for sandboxed
+    // MCP servers) runs before anything else: no argument parsing, no
+    // logging set-up, no threads, so its confinement covers a
+    // single-threaded process and its start-up stays cheap.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(aibox_sandbox::LAUNCHER_SUBCOMMAND))
+    {
+        return aibox_sandbox::launch::main();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),

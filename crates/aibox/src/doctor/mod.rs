@@ -31,6 +31,7 @@ mod gateway;
 mod model;
 mod realm;
 mod report;
+mod sandbox;
 mod secrets;
 mod sources;
 
@@ -81,6 +82,10 @@ pub struct DoctorArgs {
     /// Also probe live endpoints (the issuer's discovery document, 5 s timeout).
     #[arg(long)]
     pub online: bool,
+    /// Also probe which sandbox protections this host supports (starts
+    /// `aibox sandbox-exec` in probe mode; judges the machine, not files).
+    #[arg(long)]
+    pub sandbox: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -339,6 +344,9 @@ pub fn diagnose(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                 b.location.as_ref().map(Location::to_string),
             ))
     });
+    if args.sandbox {
+        sandbox::check(&mut out);
+    }
     Ok(out)
 }
 
@@ -393,6 +401,7 @@ mod tests {
             realm: None,
             data_dir: dir.join("data"),
             online: false,
+            sandbox: false,
             format: Format::Json,
         }
     }

@@ -227,6 +227,12 @@ rules! {
     SYSTEMD_WEAK = ("AIBOX-SYSTEMD-001", "SystemdUnitNotHardened", Medium,
         "The systemd unit lacks hardening directives",
         "Run aibox as a dedicated user with NoNewPrivileges=yes, ProtectSystem=strict, PrivateTmp=yes and an empty CapabilityBoundingSet= (see deploy/systemd/aibox.service).");
+    SANDBOX_SUPPORT = ("AIBOX-SANDBOX-001", "SandboxHostSupport", Info,
+        "The sandbox protections this host supports",
+        "Sandboxed MCP servers (a `sandbox` profile in data/mcp/registry.json) get every protection listed here; run `aibox doctor --sandbox` on the host that runs aibox.");
+    SANDBOX_MISSING = ("AIBOX-SANDBOX-002", "SandboxProtectionUnavailable", Medium,
+        "A sandbox protection is not available on this host",
+        "Servers in `require` mode will refuse to start and `best_effort` ones run without it. Enable it: Landlock needs CONFIG_SECURITY_LANDLOCK and `landlock` in the kernel's lsm= list; network namespaces need root or unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0); seccomp needs CONFIG_SECCOMP_FILTER.");
     DOCTOR_SKIPPED = ("AIBOX-DOCTOR-001", "InputNotFound", Info,
         "An input was not found; its checks were skipped",
         "Point the doctor at the file (--env-file, --config, --compose, --realm, --data-dir, --deploy-dir) to check it.");
