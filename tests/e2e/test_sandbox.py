@@ -147,18 +147,36 @@ class Env:
         return f"{self.gw.main_url}/mcp"
 
 
+_NOBODY_COPIES: dict[Path, Path] = {}
+
+
+def nobody_copy(path: Path) -> Path:
+    """A copy of `path` that uid nobody can read and run: the checkout may sit
+    under a directory that user cannot enter (scripts/test.sh puts the venv
+    where nobody can reach it for the same reason)."""
+    path = path.resolve()
+    if path not in _NOBODY_COPIES:
+        d = Path(tempfile.mkdtemp(prefix="aibox-sbx-copy-"))
+        os.chmod(d, 0o755)
+        shutil.copy2(path, d / path.name)
+        os.chmod(d / path.name, 0o755)
+        _NOBODY_COPIES[path] = d / path.name
+    return _NOBODY_COPIES[path]
+
+
 def sandbox_entry(allowed: Path, writable: Path, **profile: Any) -> dict[str, Any]:
     venv = Path(sys.prefix)
+    server = nobody_copy(SERVERS_DIR / "sandbox_server.py")
     p: dict[str, Any] = {
         "mode": "require",
-        "read": [str(venv), str(Path(sys.base_prefix) / "lib"), str(SERVERS_DIR), str(allowed)],
+        "read": [str(venv), str(Path(sys.base_prefix) / "lib"), str(server.parent), str(allowed)],
         "write": [str(writable)],
     }
     p.update(profile)
     return {
         "transport": "stdio",
         "command": sys.executable,
-        "args": [str(SERVERS_DIR / "sandbox_server.py")],
+        "args": [str(server)],
         "cwd": str(writable),
         "limits": {"memory_mb": MEMORY_MB, "processes": PROCESSES, "open_files": 256, "cpu_secs": 120},
         "timeout_ms": 20000,
@@ -420,14 +438,15 @@ def test_missing_protection_refuses_in_require_and_degrades_loudly_in_best_effor
     cfg = base_config()
     cfg["log"] = {"format": "json"}
     (cwd / "config.yaml").write_text(json.dumps(cfg))
-    repo = Path(__file__).resolve().parents[2]
+    aibox_bin = nobody_copy(AIBOX_BIN)
     outer = {
-        "mode": "require", "read": [str(repo), sys.prefix], "write": [str(base)], "system_paths": True,
+        "mode": "require", "read": [str(aibox_bin.parent), sys.prefix, str(nobody_copy(SERVERS_DIR / "sandbox_server.py").parent)],
+        "write": [str(base)], "system_paths": True,
         "network": "host", "seccomp_deny": sorted(["unshare", "setns", "clone_namespaces", "ptrace"]),
         "on_violation": "errno", "uid": NOBODY, "gid": NOBODY,
     }
     request = {"profile": outer, "limits": {"cpu_secs": None, "memory_mb": None, "open_files": None, "processes": None},
-               "command": str(AIBOX_BIN.resolve()), "args": ["serve", "--config", str(cwd / "config.yaml")],
+               "command": str(aibox_bin), "args": ["serve", "--config", str(cwd / "config.yaml")],
                "control": None, "probe": False}
     env = {
         "AIBOX_SANDBOX_REQUEST": json.dumps(request),
