@@ -167,6 +167,7 @@ impl RemoteServer {
                     .map_err(|e| CallError::Protocol(e.to_string()))?;
                 for data in events {
                     if let Some(outcome) = self.match_response(&data, want) {
+                        drain_in_background(body);
                         return Ok((Some(outcome), session_id));
                     }
                 }
@@ -302,6 +303,36 @@ impl RemoteServer {
 }
 
 const SESSION_GONE: &str = "the remote MCP session expired";
+
+/// How long the rest of an answered SSE stream is read before its
+/// connection is given up.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Reads what is left of an SSE response after the awaited message, off
+/// the call's path. The server closes the stream after the response, and
+/// only a body read to its end returns the keep-alive connection to the
+/// pool; dropping it unread would cost a new TCP (and TLS) connection per
+/// call. Bounded in time and bytes; the data is discarded unparsed.
+fn drain_in_background<S>(mut body: S)
+where
+    S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Unpin + 'static,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+            let mut read = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                read = read.saturating_add(chunk.len());
+                if read > MAX_MESSAGE_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
 
 impl Upstream for RemoteServer {
     fn tools(&self) -> BoxFuture<'_, Result<Arc<Vec<ToolInfo>>, CallError>> {
