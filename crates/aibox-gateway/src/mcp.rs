@@ -100,6 +100,42 @@ impl HttpEgress for GuardedEgress {
     fn client(&self) -> reqwest::Client {
         self.0.client().clone()
     }
+
+    fn fetch<'a>(
+        &'a self,
+        url: &'a url::Url,
+    ) -> BoxFuture<'a, Result<aibox_mcp::Fetched, aibox_mcp::FetchRefused>> {
+        Box::pin(async move {
+            let mut req = aibox_egress::FetchRequest::new(reqwest::Method::GET, url.clone());
+            req.headers.insert(
+                reqwest::header::ACCEPT,
+                reqwest::header::HeaderValue::from_static(
+                    "text/html, text/plain, application/json;q=0.9, */*;q=0.5",
+                ),
+            );
+            req.headers.insert(
+                reqwest::header::USER_AGENT,
+                reqwest::header::HeaderValue::from_static("aibox-fetch/1"),
+            );
+            match self.0.fetch(req).await {
+                Ok(r) => Ok(aibox_mcp::Fetched {
+                    status: r.status.as_u16(),
+                    url: aibox_egress::redact(&r.url),
+                    content_type: r
+                        .headers
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    body: r.body,
+                }),
+                Err(e) => Err(aibox_mcp::FetchRefused {
+                    rule: e.reason(),
+                    refusal: e.is_refusal(),
+                    message: e.to_string(),
+                }),
+            }
+        })
+    }
 }
 
 /// Secrets of stdio servers from the vault: they belong to a service owner
