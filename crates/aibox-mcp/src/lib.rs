@@ -23,7 +23,8 @@
 //! - seams to the rest of aibox: [`seams`] ([`ToolAudit`], [`ToolGuard`],
 //!   [`HttpEgress`], [`SecretSource`], with test and development defaults);
 //! - IO: [`stdio`] (supervised child processes), [`remote`] (Streamable
-//!   HTTP client), [`fs`] (the filesystem server, `cap-std`), [`fetch`] (the fetch
+//!   HTTP client; [`oauth`] discovers its authorization server after a
+//!   401), [`fs`] (the filesystem server, `cap-std`), [`fetch`] (the fetch
 //!   tool, through [`HttpEgress::fetch`]), [`gateway`] (the call pipeline),
 //!   [`http`] (the axum endpoint), [`session`].
 //!
@@ -41,6 +42,7 @@ pub mod fs;
 pub mod gateway;
 pub mod http;
 pub mod names;
+pub mod oauth;
 pub mod origin;
 pub mod policy;
 pub mod protocol;
