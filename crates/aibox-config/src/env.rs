@@ -28,6 +28,10 @@ pub const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
 pub const AIBOX_LOG_FORMAT: &str = "AIBOX_LOG_FORMAT";
 /// `log.level`.
 pub const AIBOX_LOG_LEVEL: &str = "AIBOX_LOG_LEVEL";
+/// `egress.allow_hosts`, comma-separated; replaces the file's list.
+pub const AIBOX_EGRESS_ALLOW_HOSTS: &str = "AIBOX_EGRESS_ALLOW_HOSTS";
+/// `egress.allowed_ports`, comma-separated; replaces the file's list.
+pub const AIBOX_EGRESS_ALLOWED_PORTS: &str = "AIBOX_EGRESS_ALLOWED_PORTS";
 /// `auth.enabled`.
 pub const AIBOX_AUTH_ENABLED: &str = "AIBOX_AUTH_ENABLED";
 /// `auth.jwks_url`.

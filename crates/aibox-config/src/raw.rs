@@ -36,6 +36,29 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
     /// aibox's own confidential client, for service-to-service tokens.
     pub service_auth: Option<RawServiceAuth>,
+    /// What tools and remote MCP servers may reach (the SSRF-safe egress).
+    pub egress: Option<RawEgress>,
+}
+
+/// `egress:`: the policy of the SSRF-safe egress client (seed 004 §1, §2).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Internal names, `*.suffix` patterns, IPs and CIDRs tools may reach.
+    pub allow_hosts: Option<Vec<String>>,
+    /// Ports allowed besides 80 and 443 (signed, so a negative value is
+    /// reported by the validation rather than as a type error).
+    pub allowed_ports: Option<Vec<i64>>,
+    /// Refuse plain `http:`.
+    pub https_only: Option<bool>,
+    /// Redirect hops followed per call.
+    pub max_redirects: Option<i64>,
+    /// The largest response body read.
+    pub max_response_bytes: Option<u64>,
+    /// The whole call, every hop and the body included.
+    pub timeout_ms: Option<u64>,
+    /// Establishing one connection.
+    pub connect_timeout_ms: Option<u64>,
 }
 
 /// `service_auth:`: the client-credentials client aibox uses (seed 000 §6).

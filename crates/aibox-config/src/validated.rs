@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::env::{self, Env};
 use crate::error::{ConfigError, Origin};
-use crate::raw::{RawConfig, RawRate, RawTimeouts};
+use crate::raw::{RawConfig, RawEgress, RawRate, RawTimeouts};
 use aibox_core::yamlpath::{Seg, locate};
 
 /// The validated configuration.
@@ -48,6 +48,32 @@ pub struct Config {
     /// aibox's own client for service-to-service tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_auth: Option<ServiceAuthConfig>,
+    /// The SSRF-safe egress policy of tools and remote MCP servers.
+    pub egress: EgressConfig,
+}
+
+/// `egress:`, checked by building the policy it describes.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressConfig {
+    /// Internal hosts tools may reach, as written.
+    pub allow_hosts: Vec<String>,
+    /// Every allowed port (80 and 443 included).
+    pub allowed_ports: Vec<u16>,
+    /// Whether plain `http:` is refused.
+    pub https_only: bool,
+    /// Redirect hops followed per call.
+    pub max_redirects: u32,
+    /// The largest response body read.
+    pub max_response_bytes: u64,
+    /// The whole call.
+    #[serde(serialize_with = "millis", rename = "timeout_ms")]
+    pub timeout: Duration,
+    /// One connection.
+    #[serde(serialize_with = "millis", rename = "connect_timeout_ms")]
+    pub connect_timeout: Duration,
+    /// The policy itself, for `aibox_egress::EgressGuard`.
+    #[serde(skip)]
+    pub policy: aibox_egress::EgressPolicy,
 }
 
 /// `service_auth:`.
@@ -1166,6 +1192,95 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         },
         routes,
         service_auth,
+        egress: egress(raw.egress.unwrap_or_default(), ctx, env)?,
+    })
+}
+
+/// Splits a comma-separated environment list.
+fn env_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `egress:`: the file's values, the lists replaced by
+/// `AIBOX_EGRESS_ALLOW_HOSTS` / `AIBOX_EGRESS_ALLOWED_PORTS` when set, checked
+/// by `aibox_egress`'s policy builder. Its errors name the key with the list
+/// index (`egress.allow_hosts[2]`), which is mapped back to the file's line,
+/// or to the variable when the list came from the environment.
+fn egress(re: RawEgress, ctx: &Ctx<'_>, env: &Env) -> Result<EgressConfig, ConfigError> {
+    use Seg::{Index, Key};
+
+    let hosts_env = env.get(env::AIBOX_EGRESS_ALLOW_HOSTS);
+    let ports_env = env.get(env::AIBOX_EGRESS_ALLOWED_PORTS);
+    let allow_hosts = match hosts_env {
+        Some(v) => env_list(v),
+        None => re.allow_hosts.unwrap_or_default(),
+    };
+    let ports: Vec<i64> = match ports_env {
+        Some(v) => {
+            let mut out = Vec::new();
+            for p in env_list(v) {
+                out.push(p.parse::<i64>().map_err(|_| {
+                    env_invalid(
+                        env::AIBOX_EGRESS_ALLOWED_PORTS,
+                        "egress.allowed_ports",
+                        format!("'{p}' is not a port number"),
+                        "a comma-separated list of ports such as 8443,9000",
+                    )
+                })?);
+            }
+            out
+        }
+        None => re.allowed_ports.unwrap_or_default(),
+    };
+    let mut b = aibox_egress::EgressPolicy::builder()
+        .allow_hosts(allow_hosts.iter().cloned())
+        .allowed_ports(ports)
+        .https_only(re.https_only.unwrap_or(false));
+    if let Some(n) = re.max_redirects {
+        b = b.max_redirects(n);
+    }
+    if let Some(n) = re.max_response_bytes {
+        b = b.max_response_bytes(n);
+    }
+    if let Some(ms) = re.timeout_ms {
+        b = b.timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = re.connect_timeout_ms {
+        b = b.connect_timeout(Duration::from_millis(ms));
+    }
+    let policy = b.build().map_err(|e| {
+        // `egress.allow_hosts[2]` → the key path and the index.
+        let field = e.key.strip_prefix("egress.").unwrap_or(&e.key);
+        let (name, index) = match field.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (field, None),
+        };
+        let message = format!("'{}' is refused: {}", e.value, e.reason);
+        let fix = "correct or remove the entry (see the README's egress keys)";
+        let from_env = match name {
+            "allow_hosts" => hosts_env.map(|_| env::AIBOX_EGRESS_ALLOW_HOSTS),
+            "allowed_ports" => ports_env.map(|_| env::AIBOX_EGRESS_ALLOWED_PORTS),
+            _ => None,
+        };
+        match (from_env, index) {
+            (Some(var), _) => env_invalid(var, &e.key, message, fix),
+            (None, Some(i)) => ctx.invalid(&[Key("egress"), Key(name), Index(i)], message, fix),
+            (None, None) => ctx.invalid(&[Key("egress"), Key(name)], message, fix),
+        }
+    })?;
+    Ok(EgressConfig {
+        allow_hosts,
+        allowed_ports: policy.allowed_ports().iter().copied().collect(),
+        https_only: policy.https_only(),
+        max_redirects: policy.max_redirects(),
+        max_response_bytes: policy.max_response_bytes(),
+        timeout: policy.timeout(),
+        connect_timeout: policy.connect_timeout(),
+        policy,
     })
 }
 
@@ -1354,6 +1469,35 @@ mod tests {
                 &["cfg.yaml:3", "auth.api_keys", "nobody could authenticate"],
             ),
             (
+                "egress:\n  allow_hosts:\n    - wiki.corp.example\n    - 10.0.0.5/8\n",
+                &["cfg.yaml:4", "egress.allow_hosts[1]", "10.0.0.5/8", "fix:"],
+            ),
+            (
+                "egress:\n  allowed_ports: [8443, 70000]\n",
+                &[
+                    "cfg.yaml:2",
+                    "egress.allowed_ports[1]",
+                    "70000",
+                    "1 to 65535",
+                ],
+            ),
+            (
+                "egress:\n  max_redirects: 99\n",
+                &["cfg.yaml:2", "egress.max_redirects", "between 0 and 20"],
+            ),
+            (
+                "egress:\n  timeout_ms: 1000\n  connect_timeout_ms: 5000\n",
+                &[
+                    "cfg.yaml:3",
+                    "egress.connect_timeout_ms",
+                    "bounds the whole call",
+                ],
+            ),
+            (
+                "egress:\n  allow_host: [x]\n",
+                &["cfg.yaml:2", "unknown field `allow_host`", "allow_hosts"],
+            ),
+            (
                 "auth:\n  algorithms: [RS256, HS256]\n",
                 &["cfg.yaml:2", "auth.algorithms", "HS256", "symmetric"],
             ),
@@ -1464,6 +1608,60 @@ mod tests {
         assert_eq!(m.targets[0].model, "llama3:8b");
         assert_eq!(m.targets[1].model, "chat");
         assert_eq!(m.aliases, vec!["gpt-4o".to_owned()]);
+    }
+
+    #[test]
+    fn egress_from_the_file_and_the_environment() {
+        let yaml = "egress:\n  allow_hosts: [wiki.corp.example, 10.1.0.0/16]\n  allowed_ports: [8443]\n  max_response_bytes: 1000\n  timeout_ms: 2000\n";
+        let c = load_from_str(yaml, None, &Env::new()).unwrap();
+        assert_eq!(c.egress.allow_hosts, ["wiki.corp.example", "10.1.0.0/16"]);
+        assert_eq!(c.egress.allowed_ports, [80, 443, 8443]);
+        assert_eq!(c.egress.policy.max_response_bytes(), 1000);
+        assert_eq!(c.egress.policy.timeout(), Duration::from_secs(2));
+        assert!(
+            c.egress
+                .policy
+                .allow_list()
+                .allows_name("wiki.corp.example")
+        );
+        // The variables replace the file's lists.
+        let c = load_from_str(
+            yaml,
+            None,
+            &env(&[
+                (env::AIBOX_EGRESS_ALLOW_HOSTS, "127.0.0.1, mcp.internal"),
+                (env::AIBOX_EGRESS_ALLOWED_PORTS, "9000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.egress.allow_hosts, ["127.0.0.1", "mcp.internal"]);
+        assert_eq!(c.egress.allowed_ports, [80, 443, 9000]);
+        assert!(
+            !c.egress
+                .policy
+                .allow_list()
+                .allows_name("wiki.corp.example")
+        );
+        // A bad entry from a variable names the variable, not the file.
+        for (var, value, want) in [
+            (env::AIBOX_EGRESS_ALLOW_HOSTS, "10.0.0.5/8", "10.0.0.5/8"),
+            (
+                env::AIBOX_EGRESS_ALLOWED_PORTS,
+                "http",
+                "'http' is not a port",
+            ),
+            (env::AIBOX_EGRESS_ALLOWED_PORTS, "0", "1 to 65535"),
+        ] {
+            let e = load_from_str(yaml, Some(Path::new("cfg.yaml")), &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(var) && e.contains(want), "{e}");
+            assert!(!e.contains("cfg.yaml"), "{e}");
+        }
+        // Defaults: nothing internal, ports 80 and 443.
+        let c = load_from_str("", None, &Env::new()).unwrap();
+        assert!(c.egress.allow_hosts.is_empty());
+        assert_eq!(c.egress.allowed_ports, [80, 443]);
     }
 
     #[test]

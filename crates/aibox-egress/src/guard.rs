@@ -263,7 +263,7 @@ impl EgressGuard {
 
     /// Checks the URL and sends one request; redirects are returned, not
     /// followed, and the body is the caller's to read (for streams such as
-    /// MCP's SSE). The deadline `egress.timeout` covers the wait for the
+    /// MCP's SSE). The deadline `egress.timeout_ms` covers the wait for the
     /// response headers.
     pub async fn execute(
         &self,
@@ -283,7 +283,7 @@ impl EgressGuard {
 
     /// Sends a request, following redirects (each hop checked, at most
     /// `egress.max_redirects`), and reads the body up to
-    /// `egress.max_response_bytes`, all within `egress.timeout`.
+    /// `egress.max_response_bytes`, all within `egress.timeout_ms`.
     pub async fn fetch(&self, request: FetchRequest) -> Result<FetchedResponse, EgressError> {
         let shown = redact(&request.url);
         let result = match tokio::time::timeout(self.policy.timeout, self.fetch_hops(request)).await
@@ -427,7 +427,7 @@ fn from_reqwest(shown: &str, e: reqwest::Error) -> EgressError {
     if e.is_timeout() {
         EgressError::Connect {
             url: shown.to_owned(),
-            cause: format!("timed out ({cause}); the connect limit is egress.connect_timeout"),
+            cause: format!("timed out ({cause}); the connect limit is egress.connect_timeout_ms"),
         }
     } else if e.is_connect() {
         EgressError::Connect {

@@ -38,9 +38,9 @@ pub mod keys {
     /// The largest response body read, in bytes.
     pub const MAX_RESPONSE_BYTES: &str = "egress.max_response_bytes";
     /// The whole call, all hops and the body included.
-    pub const TIMEOUT: &str = "egress.timeout";
+    pub const TIMEOUT: &str = "egress.timeout_ms";
     /// Establishing one TCP (and TLS) connection.
-    pub const CONNECT_TIMEOUT: &str = "egress.connect_timeout";
+    pub const CONNECT_TIMEOUT: &str = "egress.connect_timeout_ms";
 }
 
 /// The ports allowed without configuration.
@@ -370,13 +370,13 @@ impl EgressPolicyBuilder {
         self
     }
 
-    /// `egress.timeout`: the whole call.
+    /// `egress.timeout_ms`: the whole call.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = Some(d);
         self
     }
 
-    /// `egress.connect_timeout`.
+    /// `egress.connect_timeout_ms`.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = Some(d);
         self
@@ -591,13 +591,13 @@ mod tests {
             .timeout(Duration::ZERO)
             .build()
             .unwrap_err();
-        assert_eq!(e.key, "egress.timeout");
+        assert_eq!(e.key, "egress.timeout_ms");
         let e = EgressPolicy::builder()
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(6))
             .build()
             .unwrap_err();
-        assert_eq!(e.key, "egress.connect_timeout");
+        assert_eq!(e.key, "egress.connect_timeout_ms");
         let p = EgressPolicy::builder()
             .timeout(Duration::from_secs(3))
             .build()

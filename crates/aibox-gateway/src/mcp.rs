@@ -108,6 +108,42 @@ impl HttpEgress for GuardedEgress {
     ) -> BoxFuture<'a, Result<Vec<std::net::SocketAddr>, String>> {
         Box::pin(async move { self.0.resolve_checked(url).await.map_err(|e| e.to_string()) })
     }
+
+    fn fetch<'a>(
+        &'a self,
+        url: &'a url::Url,
+    ) -> BoxFuture<'a, Result<aibox_mcp::Fetched, aibox_mcp::FetchRefused>> {
+        Box::pin(async move {
+            let mut req = aibox_egress::FetchRequest::new(reqwest::Method::GET, url.clone());
+            req.headers.insert(
+                reqwest::header::ACCEPT,
+                reqwest::header::HeaderValue::from_static(
+                    "text/html, text/plain, application/json;q=0.9, */*;q=0.5",
+                ),
+            );
+            req.headers.insert(
+                reqwest::header::USER_AGENT,
+                reqwest::header::HeaderValue::from_static("aibox-fetch/1"),
+            );
+            match self.0.fetch(req).await {
+                Ok(r) => Ok(aibox_mcp::Fetched {
+                    status: r.status.as_u16(),
+                    url: aibox_egress::redact(&r.url),
+                    content_type: r
+                        .headers
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    body: r.body,
+                }),
+                Err(e) => Err(aibox_mcp::FetchRefused {
+                    rule: e.reason(),
+                    refusal: e.is_refusal(),
+                    message: e.to_string(),
+                }),
+            }
+        })
+    }
 }
 
 /// Secrets of stdio servers from the vault: they belong to a service owner
@@ -161,42 +197,6 @@ fn secrets_owner(
     ))
 }
 
-/// Builds the egress policy from `AIBOX_EGRESS_ALLOW_HOSTS` and
-/// `AIBOX_EGRESS_ALLOWED_PORTS` (comma-separated).
-fn egress_policy(env: &HashMap<String, String>) -> Result<aibox_egress::EgressPolicy, McpError> {
-    let list = |k: &str| -> Vec<String> {
-        env.get(k)
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut ports = Vec::new();
-    for p in list("AIBOX_EGRESS_ALLOWED_PORTS") {
-        ports.push(p.parse::<i64>().map_err(|_| McpError::Setting {
-            name: "AIBOX_EGRESS_ALLOWED_PORTS",
-            value: p.clone(),
-            why: "not a port number; fix: a comma-separated list such as 8443,9000".into(),
-        })?);
-    }
-    aibox_egress::EgressPolicy::builder()
-        .allow_hosts(list("AIBOX_EGRESS_ALLOW_HOSTS"))
-        .allowed_ports(ports)
-        .build()
-        .map_err(|e| McpError::Setting {
-            name: "AIBOX_EGRESS_ALLOW_HOSTS",
-            value: env
-                .get("AIBOX_EGRESS_ALLOW_HOSTS")
-                .cloned()
-                .unwrap_or_default(),
-            why: e.to_string(),
-        })
-}
-
 /// What `serve` reads from the environment before the runtime starts.
 pub struct McpPrepared {
     settings: McpSettings,
@@ -207,8 +207,13 @@ pub struct McpPrepared {
 
 /// Reads the MCP settings (`AIBOX_MCP_*`, `FILESYSTEM_ROOT`) and the
 /// interim `AIBOX_MCP_SECRET_*` secrets from the environment (the process
-/// environment plus `.env`).
-pub fn prepare<'a, I>(data_dir: &Path, env: I) -> Result<McpPrepared, McpError>
+/// environment plus `.env`); the egress policy is the validated `egress:`
+/// section of the config (with its `AIBOX_EGRESS_*` overrides).
+pub fn prepare<'a, I>(
+    data_dir: &Path,
+    egress: &aibox_egress::EgressPolicy,
+    env: I,
+) -> Result<McpPrepared, McpError>
 where
     I: IntoIterator<Item = (&'a String, &'a String)>,
 {
@@ -220,7 +225,7 @@ where
         settings: McpSettings::from_env(data_dir, |k| env.get(k).cloned())?,
         secrets: EnvSecrets::from_env(&env),
         owner: secrets_owner(&env)?,
-        egress: egress_policy(&env)?,
+        egress: egress.clone(),
     })
 }
 

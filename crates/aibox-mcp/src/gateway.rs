@@ -34,6 +34,7 @@ use aibox_core::{Principal, RequestId, TurnId};
 use aibox_identity::{CapTokenClaims, CapTokenVerifier, VerifyError};
 use serde_json::{Map, Value, json};
 
+use crate::fetch::FetchServer;
 use crate::fs::{FILESYSTEM_ROOT_ENV, FsRootError, FsServer};
 use crate::names;
 use crate::origin::{BadOrigin, OriginPolicy};
@@ -402,7 +403,7 @@ impl McpGateway {
                     };
                     crate::fs::check_root(root, settings.home.as_deref())?;
                 }
-                Transport::Stdio(_) => {}
+                Transport::Builtin(Builtin::Fetch) | Transport::Stdio(_) => {}
             }
         }
         if settings.filesystem_root.is_some() && reg.get(registry::FILESYSTEM_SERVER).is_none() {
@@ -431,6 +432,12 @@ impl McpGateway {
                     let fs = FsServer::open(&root, settings.home.as_deref())?;
                     tracing::info!(root = %fs.root().display(), "filesystem MCP server enabled, confined to its root");
                     Arc::new(fs)
+                }
+                Transport::Builtin(Builtin::Fetch) => {
+                    tracing::info!(
+                        "fetch MCP server enabled; it reaches the network only through the egress guard"
+                    );
+                    Arc::new(FetchServer::new(deps.egress.clone()))
                 }
                 Transport::Stdio(s) => Arc::new(StdioServer::start(
                     &spec.name,

@@ -2,8 +2,10 @@
 //!
 //! One endpoint, `/mcp`, speaks the Model Context Protocol over Streamable
 //! HTTP to clients (agents, IDEs) and stands in front of many MCP servers:
-//! child processes over stdio, remote servers over HTTP, and a built-in,
-//! confined filesystem server. Its tools are named `SERVER__TOOL`.
+//! child processes over stdio, remote servers over HTTP, a built-in,
+//! confined filesystem server and a built-in `fetch` tool that reaches the
+//! network only through the SSRF-safe egress. Its tools are named
+//! `SERVER__TOOL`.
 //!
 //! Every `tools/list` shows a caller only what it may call, and every
 //! `tools/call` is decided on the tool name in the JSON-RPC body against the
@@ -21,8 +23,10 @@
 //! - seams to the rest of aibox: [`seams`] ([`ToolAudit`], [`ToolGuard`],
 //!   [`HttpEgress`], [`SecretSource`], with test and development defaults);
 //! - IO: [`stdio`] (supervised child processes), [`remote`] (Streamable
-//!   HTTP client), [`fs`] (the filesystem server, `cap-std`), [`gateway`]
-//!   (the call pipeline), [`http`] (the axum endpoint), [`session`].
+//!   HTTP client; [`oauth`] discovers its authorization server after a
+//!   401), [`fs`] (the filesystem server, `cap-std`), [`fetch`] (the fetch
+//!   tool, through [`HttpEgress::fetch`]), [`gateway`] (the call pipeline),
+//!   [`http`] (the axum endpoint), [`session`].
 //!
 //! The crate does not use the `rmcp` SDK. The gateway is a proxy that must
 //! decide every message on the caller's principal, CapToken and policy
@@ -34,10 +38,12 @@
 //! and the dependency tree (and the request path) short.
 
 pub mod egress_proxy;
+pub mod fetch;
 pub mod fs;
 pub mod gateway;
 pub mod http;
 pub mod names;
+pub mod oauth;
 pub mod origin;
 pub mod policy;
 pub mod protocol;
@@ -53,7 +59,7 @@ pub mod upstream;
 pub use gateway::{CallContext, McpDeps, McpError, McpGateway, McpSettings};
 pub use http::{MCP_PATH, PresentedCapToken, router};
 pub use seams::{
-    BoxFuture, EnvSecrets, GuardOutcome, HttpEgress, MemoryAudit, NoGuard, NoSecrets,
-    SandboxRecord, SecretSource, ToolAudit, ToolCallRecord, ToolGuard, UncheckedEgress,
+    BoxFuture, EnvSecrets, FetchRefused, Fetched, GuardOutcome, HttpEgress, MemoryAudit, NoGuard,
+    NoSecrets, SandboxRecord, SecretSource, ToolAudit, ToolCallRecord, ToolGuard, UncheckedEgress,
 };
 pub use upstream::{HealthState, ServerHealth};

@@ -20,7 +20,8 @@
 //!     "tools": {"allow": ["search", "read_*"], "deny": ["delete_*"]}
 //!   },
 //!   "remote": {"transport": "http", "url": "https://tools.example.com/mcp", "allow_clients": ["*"]},
-//!   "filesystem": {"transport": "builtin", "allow_clients": []}
+//!   "filesystem": {"transport": "builtin", "allow_clients": []},
+//!   "fetch": {"transport": "builtin", "allow_clients": ["role:research"]}
 //! }}
 //! ```
 //!
@@ -165,6 +166,8 @@ pub struct HttpSpec {
 pub enum Builtin {
     /// The confined filesystem server (`FILESYSTEM_ROOT`).
     Filesystem,
+    /// The `fetch` tool, whose only way out is the SSRF-safe egress.
+    Fetch,
 }
 
 // ---------------------------------------------------------------------------
@@ -578,15 +581,19 @@ fn validate_server(name: &str, r: RawServer, file: &str) -> Result<ServerSpec, R
             }
             Transport::Http(HttpSpec { url })
         }
-        RawTransport::Builtin => {
-            if name != FILESYSTEM_SERVER {
+        RawTransport::Builtin => match name {
+            FILESYSTEM_SERVER => Transport::Builtin(Builtin::Filesystem),
+            crate::fetch::FETCH_SERVER => Transport::Builtin(Builtin::Fetch),
+            _ => {
                 return Err(err(
                     format!("there is no built-in server named '{name}'"),
-                    format!("the built-in servers are: {FILESYSTEM_SERVER}"),
+                    format!(
+                        "the built-in servers are: {FILESYSTEM_SERVER}, {}",
+                        crate::fetch::FETCH_SERVER
+                    ),
                 ));
             }
-            Transport::Builtin(Builtin::Filesystem)
-        }
+        },
     };
 
     let timeout = match r.timeout_ms {

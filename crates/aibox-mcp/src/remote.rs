@@ -9,6 +9,10 @@
 //! [`HttpEgress::check`] first, and the whole exchange has the call's
 //! deadline. Answers larger than [`MAX_MESSAGE_BYTES`] are refused.
 //!
+//! A `401` runs OAuth metadata discovery ([`crate::oauth`], through the
+//! same egress) once, so the operator's error names the authorization
+//! server the remote server wants a token from.
+//!
 //! The tool list is cached for [`TOOLS_TTL`] (a remote server cannot notify
 //! aibox of changes without a standing GET stream, which aibox does not
 //! keep open).
@@ -57,6 +61,8 @@ pub struct RemoteServer {
     tools: Mutex<Option<(Instant, Arc<Vec<ToolInfo>>)>>,
     status: Mutex<Status>,
     next_id: AtomicU64,
+    /// What OAuth discovery found after a `401`.
+    oauth: Mutex<Option<String>>,
 }
 
 impl RemoteServer {
@@ -72,6 +78,7 @@ impl RemoteServer {
             tools: Mutex::new(None),
             status: Mutex::new(Status::default()),
             next_id: AtomicU64::new(1),
+            oauth: Mutex::new(None),
         }
     }
 
@@ -134,6 +141,16 @@ impl RemoteServer {
                 !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
             })
             .map(str::to_owned);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Err(CallError::Unavailable(
+                self.needs_oauth(challenge.as_deref()).await,
+            ));
+        }
         if status == reqwest::StatusCode::ACCEPTED && expect.is_none() {
             return Ok((None, session_id));
         }
@@ -167,6 +184,7 @@ impl RemoteServer {
                     .map_err(|e| CallError::Protocol(e.to_string()))?;
                 for data in events {
                     if let Some(outcome) = self.match_response(&data, want) {
+                        drain_in_background(body);
                         return Ok((Some(outcome), session_id));
                     }
                 }
@@ -192,6 +210,35 @@ impl RemoteServer {
             .ok_or_else(|| {
                 CallError::Protocol("the answer is not the JSON-RPC response to the request".into())
             })
+    }
+
+    /// The operator's explanation of a `401`: what OAuth discovery (through
+    /// the egress guard) found, remembered so that discovery runs once.
+    async fn needs_oauth(&self, challenge: Option<&str>) -> String {
+        if let Ok(known) = self.oauth.lock()
+            && let Some(m) = known.as_ref()
+        {
+            return m.clone();
+        }
+        let message = match crate::oauth::discover(self.egress.as_ref(), &self.url, challenge).await
+        {
+            Ok(d) => format!(
+                "{} answered HTTP 401: it requires an OAuth token from {} (token endpoint {}, PKCE S256 {}); aibox does not obtain tokens for remote MCP servers yet; fix: put the server behind a route that needs no token, or remove it from data/mcp/servers.txt",
+                self.url,
+                d.issuer,
+                d.token_endpoint,
+                if d.pkce_s256 {
+                    "supported"
+                } else {
+                    "not advertised"
+                }
+            ),
+            Err(e) => format!("{} answered HTTP 401, and {e}", self.url),
+        };
+        if let Ok(mut known) = self.oauth.lock() {
+            *known = Some(message.clone());
+        }
+        message
     }
 
     fn match_response(&self, data: &str, want: u64) -> Option<Result<Value, RpcError>> {
@@ -302,6 +349,36 @@ impl RemoteServer {
 }
 
 const SESSION_GONE: &str = "the remote MCP session expired";
+
+/// How long the rest of an answered SSE stream is read before its
+/// connection is given up.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Reads what is left of an SSE response after the awaited message, off
+/// the call's path. The server closes the stream after the response, and
+/// only a body read to its end returns the keep-alive connection to the
+/// pool; dropping it unread would cost a new TCP (and TLS) connection per
+/// call. Bounded in time and bytes; the data is discarded unparsed.
+fn drain_in_background<S>(mut body: S)
+where
+    S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Unpin + 'static,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+            let mut read = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                read = read.saturating_add(chunk.len());
+                if read > MAX_MESSAGE_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
 
 impl Upstream for RemoteServer {
     fn tools(&self) -> BoxFuture<'_, Result<Arc<Vec<ToolInfo>>, CallError>> {

@@ -206,6 +206,46 @@ pub trait HttpEgress: Send + Sync {
         &'a self,
         url: &'a url::Url,
     ) -> BoxFuture<'a, Result<Vec<std::net::SocketAddr>, String>>;
+
+    /// One `GET` for the built-in `fetch` tool: the URL and every redirect
+    /// hop checked, every resolved address checked, the body capped in size
+    /// and the whole exchange in time. The default refuses: only an egress
+    /// that enforces all of that (aibox's SSRF-safe guard) may fetch.
+    fn fetch<'a>(&'a self, url: &'a url::Url) -> BoxFuture<'a, Result<Fetched, FetchRefused>> {
+        let _ = url;
+        Box::pin(async move {
+            Err(FetchRefused {
+                rule: "no-guarded-egress".into(),
+                refusal: true,
+                message: "not fetched: the built-in fetch tool needs aibox's SSRF-safe egress guard, which this gateway was not given".into(),
+            })
+        })
+    }
+}
+
+/// What a guarded fetch returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The final HTTP status.
+    pub status: u16,
+    /// The URL that answered, after redirects (credentials removed).
+    pub url: String,
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// The body, within the egress size cap.
+    pub body: bytes::Bytes,
+}
+
+/// Why a guarded fetch returned nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRefused {
+    /// The rule or failure kind (`loopback`, `cloud-metadata`, `scheme`,
+    /// `max-response-bytes`, `timeout`, `connect`...).
+    pub rule: String,
+    /// True when the egress policy refused (not the network or the server).
+    pub refusal: bool,
+    /// The whole message, naming the rule and the configuration key.
+    pub message: String,
 }
 
 /// An egress that allows every http(s) URL, loopback included, with a plain

@@ -74,7 +74,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_default(),
     );
-    let mcp = aibox_gateway::mcp::prepare(&cfg.server.data_dir, &env)?;
+    let mcp = aibox_gateway::mcp::prepare(&cfg.server.data_dir, &cfg.egress.policy, &env)?;
     let constitution = env
         .get(aibox_config::env::AIBOX_CONSTITUTION)
         .map(std::path::PathBuf::from)

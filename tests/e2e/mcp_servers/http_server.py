@@ -48,7 +48,11 @@ def calls() -> int:
 
 
 async def main() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose
+    # proto is IPPROTO_TCP, and without it every keep-alive response waits
+    # for the client's delayed ACK (about 40 ms) between headers and body,
+    # which uvicorn started with host and port never does.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
