@@ -36,6 +36,23 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
     /// aibox's own confidential client, for service-to-service tokens.
     pub service_auth: Option<RawServiceAuth>,
+    /// The admin dashboard.
+    pub dashboard: Option<RawDashboard>,
+}
+
+/// `dashboard:`: the admin dashboard on its own listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    /// Serve it at all (default false).
+    pub enabled: Option<bool>,
+    /// Its listener address.
+    pub listen: Option<String>,
+    /// How long a login lasts.
+    pub session_ttl_secs: Option<u64>,
+    /// Mark the session cookie `Secure` (default: when `listen` is not
+    /// loopback, where a TLS-terminating proxy must be in front).
+    pub secure_cookie: Option<bool>,
 }
 
 /// `service_auth:`: the client-credentials client aibox uses (seed 000 §6).

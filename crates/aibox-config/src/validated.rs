@@ -48,6 +48,22 @@ pub struct Config {
     /// aibox's own client for service-to-service tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_auth: Option<ServiceAuthConfig>,
+    /// The admin dashboard.
+    pub dashboard: DashboardConfig,
+}
+
+/// `dashboard:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardConfig {
+    /// Whether the dashboard listener runs.
+    pub enabled: bool,
+    /// Its listener.
+    pub listen: SocketAddr,
+    /// How long a login lasts.
+    #[serde(serialize_with = "secs", rename = "session_ttl_secs")]
+    pub session_ttl: Duration,
+    /// Whether the session cookie is `Secure`.
+    pub secure_cookie: bool,
 }
 
 /// `service_auth:`.
@@ -630,6 +646,54 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         ));
     }
 
+    let rd = raw.dashboard.unwrap_or_default();
+    let dashboard_listen = parse_addr(
+        ctx,
+        env,
+        env::AIBOX_DASHBOARD_LISTEN,
+        &[Key("dashboard"), Key("listen")],
+        rd.listen,
+        "127.0.0.1:9001",
+    )?;
+    if dashboard_listen.port() != 0
+        && (dashboard_listen == listen || dashboard_listen == ops_listen)
+    {
+        return Err(ctx.invalid(
+            &[Key("dashboard"), Key("listen")],
+            format!("the dashboard listener {dashboard_listen} is the address of another listener"),
+            "give the dashboard its own port (default 127.0.0.1:9001)",
+        ));
+    }
+    let dashboard_enabled = match env.get(env::AIBOX_DASHBOARD_ENABLED).map(String::as_str) {
+        None => rd.enabled.unwrap_or(false),
+        Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(v) => {
+            return Err(env_invalid(
+                env::AIBOX_DASHBOARD_ENABLED,
+                "dashboard.enabled",
+                format!("'{v}' is not a boolean"),
+                "use true or false",
+            ));
+        }
+    };
+    let session_ttl = rd.session_ttl_secs.unwrap_or(3600);
+    if !(60..=86_400).contains(&session_ttl) {
+        return Err(ctx.invalid(
+            &[Key("dashboard"), Key("session_ttl_secs")],
+            format!("{session_ttl} is outside 60..=86400"),
+            "give a login lifetime between one minute and one day (default 3600)",
+        ));
+    }
+    let dashboard = DashboardConfig {
+        enabled: dashboard_enabled,
+        listen: dashboard_listen,
+        session_ttl: Duration::from_secs(session_ttl),
+        secure_cookie: rd
+            .secure_cookie
+            .unwrap_or(!dashboard_listen.ip().is_loopback()),
+    };
+
     let rl = raw.log.unwrap_or_default();
     let format_text = env
         .get(env::AIBOX_LOG_FORMAT)
@@ -1166,6 +1230,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         },
         routes,
         service_auth,
+        dashboard,
     })
 }
 

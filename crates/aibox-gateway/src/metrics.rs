@@ -73,6 +73,8 @@ pub struct Metrics {
     pub limiter_fallbacks: Gauge<u64, AtomicU64>,
     /// Requests and streams refused by the guardrail.
     pub guardrail_blocks: Counter,
+    /// Ops API requests refused for a missing or wrong token.
+    pub ops_auth_failures: Counter,
 }
 
 impl Metrics {
@@ -125,7 +127,14 @@ impl Metrics {
             "Requests and streams refused by the guardrail",
             guardrail_blocks.clone(),
         );
+        let ops_auth_failures = Counter::default();
+        registry.register(
+            "ops_auth_failures",
+            "Ops API requests refused for a missing or wrong OPS_CONTROLLER_TOKEN",
+            ops_auth_failures.clone(),
+        );
         Self {
+            ops_auth_failures,
             guardrail_blocks,
             registry,
             requests,

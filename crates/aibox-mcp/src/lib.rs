@@ -48,7 +48,7 @@ pub mod sse;
 pub mod stdio;
 pub mod upstream;
 
-pub use gateway::{CallContext, McpDeps, McpError, McpGateway, McpSettings};
+pub use gateway::{CallContext, McpDeps, McpError, McpGateway, McpSettings, ServerOverview};
 pub use http::{MCP_PATH, PresentedCapToken, router};
 pub use seams::{
     BoxFuture, EnvSecrets, GuardOutcome, HttpEgress, MemoryAudit, NoGuard, NoSecrets,

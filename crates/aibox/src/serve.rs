@@ -91,13 +91,64 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "guardrail: no constitution file (AIBOX_CONSTITUTION); the built-in standard profile scans every turn"
         ),
     }
-    let ops_token = env
-        .get("OPS_CONTROLLER_TOKEN")
-        .filter(|t| !t.is_empty())
-        .map(|t| aibox_core::Secret::new(t.clone()));
+    let credentials = Arc::new(EnvCredentials {
+        data_dir: cfg.server.data_dir.clone(),
+    });
+    let creds = credentials.load_from(env)?;
+    check_ops_exposure(&cfg, creds.ops_token.is_some())?;
     runtime.block_on(serve(
-        cfg, keys, audit_key, mcp, guardrail, ops_token, started,
+        cfg,
+        keys,
+        audit_key,
+        mcp,
+        guardrail,
+        (credentials, creds),
+        started,
     ))
+}
+
+/// The rotatable credentials, read from the environment and `.env` (the
+/// environment wins, as at start-up: a variable set in aibox's environment
+/// rotates only with a restart, one in `.env` on SIGHUP) and the
+/// development keys.
+struct EnvCredentials {
+    data_dir: std::path::PathBuf,
+}
+
+impl EnvCredentials {
+    fn load_from(
+        &self,
+        mut env: aibox_config::env::Env,
+    ) -> anyhow::Result<aibox_gateway::ops::Credentials> {
+        use aibox_config::env as names;
+        crate::devkeys::ensure(&self.data_dir, &mut env)?;
+        let secret = |name: &str| {
+            env.get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| aibox_core::Secret::new(v.clone()))
+        };
+        Ok(aibox_gateway::ops::Credentials {
+            principal: load_keyring(
+                KeyringKind::Principal,
+                env.get(names::AIBOX_PRINCIPAL_KEYS).map(String::as_str),
+            )?,
+            captoken: load_keyring(
+                KeyringKind::CapToken,
+                env.get(names::AIBOX_CAPTOKEN_KEYS).map(String::as_str),
+            )?,
+            ops_token: secret(names::OPS_CONTROLLER_TOKEN),
+            dashboard_token: secret(names::DASHBOARD_AUTH_TOKEN),
+            dashboard_password: secret(names::DASHBOARD_PASSWORD),
+        })
+    }
+}
+
+impl aibox_gateway::ops::CredentialSource for EnvCredentials {
+    fn load(&self) -> Result<aibox_gateway::ops::Credentials, String> {
+        crate::environment()
+            .and_then(|env| self.load_from(env))
+            .map_err(|e| format!("{e:#}"))
+    }
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
@@ -128,13 +179,29 @@ fn check_exposure(cfg: &Config, danger: bool) -> anyhow::Result<()> {
             cfg.server.listen
         );
     }
-    if !cfg.server.ops_listen.ip().is_loopback() {
+    Ok(())
+}
+
+/// Refuses a non-loopback ops listener without `OPS_CONTROLLER_TOKEN`, and
+/// warns about one with it (seed 004 §3: never expose it unless behind a
+/// VPN or firewall).
+fn check_ops_exposure(cfg: &Config, has_token: bool) -> anyhow::Result<()> {
+    if cfg.server.ops_listen.ip().is_loopback() {
+        return Ok(());
+    }
+    if !has_token {
         bail!(
-            "server.ops_listen is {} (not loopback); the ops listener must never be exposed (seed 004 §3); fix: bind \
-             127.0.0.1 and reach it through an SSH tunnel",
+            "server.ops_listen is {} (not loopback) and OPS_CONTROLLER_TOKEN is not set; the ops listener must never be \
+             exposed unauthenticated (seed 004 §3); fix: bind 127.0.0.1 (server.ops_listen or AIBOX_OPS_LISTEN) and \
+             reach it through an SSH tunnel, or set OPS_CONTROLLER_TOKEN",
             cfg.server.ops_listen
         );
     }
+    tracing::warn!(
+        ops_listen = %cfg.server.ops_listen,
+        "the ops listener is not on loopback: every request but /healthz and /readyz needs OPS_CONTROLLER_TOKEN; \
+         keep it behind a VPN or firewall (seed 004 §3)"
+    );
     Ok(())
 }
 
@@ -162,7 +229,7 @@ async fn serve(
     audit_key: aibox_core::Secret,
     mcp: aibox_gateway::mcp::McpPrepared,
     guardrail: Arc<aibox_gateway::guard::GuardrailHandle>,
-    ops_token: Option<aibox_core::Secret>,
+    (credentials, creds): (Arc<EnvCredentials>, aibox_gateway::ops::Credentials),
     started: Instant,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -224,7 +291,15 @@ async fn serve(
         guardrail.clone(),
     )?;
     state.mcp = Some(mcp.clone());
-    state.ops_token = ops_token;
+    state.ops_token = arc_swap::ArcSwapOption::from_pointee(creds.ops_token);
+    state.ops_public = !cfg.server.ops_listen.ip().is_loopback();
+    state
+        .dashboard
+        .replace(aibox_gateway::dashboard::DashboardAuth::new(
+            creds.dashboard_token,
+            creds.dashboard_password.as_ref(),
+        )?);
+    state.credentials = Some(credentials);
     let state = Arc::new(state);
     state.auth.preload().await;
 
@@ -261,7 +336,8 @@ async fn serve(
         startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "aibox is serving"
     );
-    // SIGHUP re-reads the constitution; requests in flight keep theirs.
+    // SIGHUP re-reads the constitution, the keyrings and the tokens;
+    // requests in flight keep theirs.
     {
         let state = state.clone();
         tokio::spawn(async move {
@@ -271,6 +347,7 @@ async fn serve(
             };
             while hup.recv().await.is_some() {
                 let _ = aibox_gateway::ops::reload_guardrail(&state, "sighup").await;
+                let _ = aibox_gateway::ops::reload_keys(&state, "sighup").await;
             }
         });
     }
