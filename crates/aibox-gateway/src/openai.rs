@@ -275,6 +275,8 @@ async fn proxy(
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    resp.extensions_mut()
+        .insert(crate::metrics::ModelLabel(info.model.clone()));
     if let Ok(v) = HeaderValue::from_str(turn_id.as_str()) {
         resp.headers_mut().insert(TURN_HEADER, v);
     }

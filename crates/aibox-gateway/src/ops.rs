@@ -96,8 +96,9 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Prometheus metrics in the OpenMetrics text format. Needs the ops token
-/// when the ops listener is not on loopback.
+/// Prometheus metrics: OpenMetrics when the scraper asks for it (as
+/// Prometheus does), else the text format 0.0.4. Needs the ops token when
+/// the ops listener is not on loopback.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if state.ops_public
         && let Err(refused) = check_token(&state, &headers)
@@ -108,14 +109,31 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderM
         .metrics
         .limiter_fallbacks
         .set(state.limiter.fallbacks());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = state.metrics.encode();
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::to_prometheus_text(&text),
+        )
+            .into_response()
+    }
 }
 
 /// The tenant whose audit log records plane-level events (ops actions,
@@ -154,8 +172,8 @@ pub async fn record_ops_action(
         },
     };
     state
-        .audit
-        .append_turn(&system_tenant(), None, vec![event])
+        .metrics
+        .time_audit(state.audit.append_turn(&system_tenant(), None, vec![event]))
         .await
         .map(|_| ())
         .map_err(|e| {
