@@ -74,8 +74,37 @@ pub struct AppState {
     pub credentials: Option<Arc<dyn ops::CredentialSource>>,
     /// The dashboard's credentials and sessions.
     pub dashboard: dashboard::DashboardHandle,
+    /// Key ids and fingerprints of the keyrings in force (never material).
+    pub key_summary: arc_swap::ArcSwap<Vec<KeyInfo>>,
+    /// The doctor's findings, for the dashboard (the binary supplies it).
+    pub doctor: Option<dashboard::DoctorFn>,
     /// The MCP tool gateway, mounted at `/mcp` when set.
     pub mcp: Option<Arc<aibox_mcp::McpGateway>>,
+}
+
+/// One key of a keyring, as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    /// The variable of the keyring.
+    pub keyring: &'static str,
+    /// The key id.
+    pub id: String,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// The first key signs or encrypts; the others only verify or open.
+    pub current: bool,
+}
+
+fn key_infos<'a>(keyring: &'static str, ring: &'a Keyring) -> impl Iterator<Item = KeyInfo> + 'a {
+    ring.entries()
+        .iter()
+        .enumerate()
+        .map(move |(i, e)| KeyInfo {
+            keyring,
+            id: e.id().to_owned(),
+            fingerprint: e.fingerprint(),
+            current: i == 0,
+        })
 }
 
 /// The keyrings the gateway signs and encrypts with.
@@ -135,12 +164,18 @@ impl AppState {
             })
             .collect::<Result<_, _>>()?;
         let vault = aibox_store::vault::Vault::new(store.clone(), keys.secrets_master.clone());
+        let key_summary = key_infos("AIBOX_PRINCIPAL_KEYS", &keys.principal)
+            .chain(key_infos("AIBOX_CAPTOKEN_KEYS", &keys.captoken))
+            .chain(key_infos("SECRETS_MASTER_KEY", &keys.secrets_master))
+            .collect();
         Ok(Self {
             vault,
             guardrail,
             ops_token: arc_swap::ArcSwapOption::empty(),
             ops_public: false,
             credentials: None,
+            key_summary: arc_swap::ArcSwap::from_pointee(key_summary),
+            doctor: None,
             dashboard: dashboard::DashboardHandle::new(
                 dashboard::DashboardAuth::new(None, None)?,
                 config.dashboard.session_ttl,
@@ -165,6 +200,17 @@ impl AppState {
         let (p, c) = signers(&self.config, principal, captoken);
         self.principal_signer.store(Arc::new(p));
         self.captoken_minter.store(Arc::new(c));
+        let mut summary: Vec<KeyInfo> = key_infos("AIBOX_PRINCIPAL_KEYS", principal)
+            .chain(key_infos("AIBOX_CAPTOKEN_KEYS", captoken))
+            .collect();
+        summary.extend(
+            self.key_summary
+                .load()
+                .iter()
+                .filter(|k| k.keyring == "SECRETS_MASTER_KEY")
+                .cloned(),
+        );
+        self.key_summary.store(Arc::new(summary));
     }
 }
 

@@ -107,6 +107,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     ))
 }
 
+/// Refuses a non-loopback dashboard without a credential (seed 004 §4).
+fn check_dashboard_exposure(cfg: &Config, has_auth: bool) -> anyhow::Result<()> {
+    if !cfg.dashboard.listen.ip().is_loopback() && !has_auth {
+        bail!(
+            "dashboard.listen is {} (not loopback) and neither DASHBOARD_AUTH_TOKEN nor DASHBOARD_PASSWORD is set, \
+             so anyone who can reach it could try to use it; fix: set one of them (aibox bootstrap writes \
+             DASHBOARD_AUTH_TOKEN), or bind 127.0.0.1 (dashboard.listen or AIBOX_DASHBOARD_LISTEN)",
+            cfg.dashboard.listen
+        );
+    }
+    Ok(())
+}
+
+/// The doctor as the dashboard runs it: the deployment directory and `.env`
+/// of the working directory, this gateway's config and data directory,
+/// offline checks only.
+fn doctor_seam(cfg: &Config) -> aibox_gateway::dashboard::DoctorFn {
+    let args = crate::doctor::DoctorArgs {
+        env_files: Vec::new(),
+        config: cfg.source.clone(),
+        deploy_dir: std::path::PathBuf::from("deploy"),
+        compose: None,
+        realm: None,
+        data_dir: cfg.server.data_dir.clone(),
+        online: false,
+        format: crate::doctor::Format::Json,
+    };
+    Arc::new(move || crate::doctor::json_report(&args).map_err(|e| format!("{e:#}")))
+}
+
 /// The rotatable credentials, read from the environment and `.env` (the
 /// environment wins, as at start-up: a variable set in aibox's environment
 /// rotates only with a restart, one in `.env` on SIGHUP) and the
@@ -300,6 +330,7 @@ async fn serve(
             creds.dashboard_password.as_ref(),
         )?);
     state.credentials = Some(credentials);
+    state.doctor = Some(doctor_seam(&cfg));
     let state = Arc::new(state);
     state.auth.preload().await;
 
@@ -311,6 +342,18 @@ async fn serve(
     .await?;
     let main_addr = main_listener.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
+    let dashboard_listener = if cfg.dashboard.enabled {
+        check_dashboard_exposure(&cfg, state.dashboard.current().enabled())?;
+        Some(
+            bind(
+                cfg.dashboard.listen,
+                "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -324,9 +367,28 @@ async fn serve(
     let main_srv = axum::serve(main_listener, aibox_gateway::main_router(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let ops_srv = axum::serve(ops_listener, aibox_gateway::ops_router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx));
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let mut main_task = tokio::spawn(async move { main_srv.await });
     let mut ops_task = tokio::spawn(async move { ops_srv.await });
+    let mut dashboard_task = match dashboard_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let srv = axum::serve(l, aibox_gateway::dashboard::router(state.clone(), addr))
+                .with_graceful_shutdown(stopped(stop_rx.clone()));
+            if !state.dashboard.current().enabled() {
+                tracing::warn!(
+                    "the dashboard has no credential: nobody can log in until DASHBOARD_AUTH_TOKEN or \
+                     DASHBOARD_PASSWORD is set (in .env, then SIGHUP)"
+                );
+            }
+            // A separate line, so that scripts matching the listening line
+            // of the two core listeners keep working.
+            println!("aibox dashboard listening {addr}");
+            tracing::info!(dashboard = %addr, "dashboard is serving");
+            tokio::spawn(async move { srv.await })
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
 
     tracing::info!(
         main = %main_addr,
@@ -358,6 +420,7 @@ async fn serve(
         sig = shutdown_signal() => tracing::info!(signal = sig, "shutting down: no new connections; draining in-flight requests and streams"),
         r = &mut main_task => bail!("the main listener stopped unexpectedly: {r:?}"),
         r = &mut ops_task => bail!("the ops listener stopped unexpectedly: {r:?}"),
+        r = &mut dashboard_task => bail!("the dashboard listener stopped unexpectedly: {r:?}"),
     }
     let _ = stop_tx.send(true);
     let grace = cfg.server.shutdown_grace;
@@ -374,6 +437,7 @@ async fn serve(
         main_task.abort();
         ops_task.abort();
     }
+    dashboard_task.abort();
     mcp.shutdown().await;
     store
         .flush()
