@@ -28,6 +28,12 @@ pub const OPS_CONTROLLER_TOKEN: &str = "OPS_CONTROLLER_TOKEN";
 pub const DASHBOARD_AUTH_TOKEN: &str = "DASHBOARD_AUTH_TOKEN";
 /// The dashboard password, plain or an argon2 PHC hash (seed 004 §4); rotates on SIGHUP.
 pub const DASHBOARD_PASSWORD: &str = "DASHBOARD_PASSWORD";
+/// `telemetry.traces`.
+pub const AIBOX_TRACES: &str = "AIBOX_TRACES";
+/// `telemetry.otlp_endpoint`.
+pub const AIBOX_OTLP_ENDPOINT: &str = "AIBOX_OTLP_ENDPOINT";
+/// `telemetry.capture_content`.
+pub const AIBOX_TRACES_CAPTURE_CONTENT: &str = "AIBOX_TRACES_CAPTURE_CONTENT";
 /// `database.url`.
 pub const AIBOX_DATABASE_URL: &str = "AIBOX_DATABASE_URL";
 /// `redis_url`.

@@ -38,6 +38,26 @@ pub struct RawConfig {
     pub service_auth: Option<RawServiceAuth>,
     /// The admin dashboard.
     pub dashboard: Option<RawDashboard>,
+    /// Traces (OpenTelemetry over OTLP).
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `telemetry:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Export traces (default false).
+    pub traces: Option<bool>,
+    /// The OTLP/HTTP traces endpoint (protobuf), e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// The NAME of a variable whose value is sent as `Authorization` to the collector.
+    pub otlp_authorization_env: Option<String>,
+    /// `service.name` of the resource.
+    pub service_name: Option<String>,
+    /// The share of new traces sampled, 0.0 to 1.0.
+    pub sample_ratio: Option<f64>,
+    /// Put prompts and completions into spans (default false; seed 000 §9).
+    pub capture_content: Option<bool>,
 }
 
 /// `dashboard:`: the admin dashboard on its own listener.

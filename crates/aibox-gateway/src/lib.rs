@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod metrics;
 mod openai;
 pub mod ops;
+pub mod telemetry;
 mod turn;
 mod vault;
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aibox_config::{Config, DatabaseUrl, LogFormat};
+use aibox_config::{Config, DatabaseUrl};
 use aibox_gateway::{AppState, SigningKeys};
 use aibox_identity::{KeyringKind, load_keyring};
 use aibox_limits::Limiter;
@@ -33,7 +33,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut env = crate::environment()?;
     let cfg = aibox_config::load(args.config.as_deref(), &env)?;
-    init_logging(&cfg)?;
+    let telemetry = crate::telemetry::init(&cfg)?;
     check_exposure(&cfg, args.danger_allow_unauthenticated_public_bind)?;
 
     create_private_dir(&cfg.server.data_dir)?;
@@ -96,7 +96,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let creds = credentials.load_from(env)?;
     check_ops_exposure(&cfg, creds.ops_token.is_some())?;
-    runtime.block_on(serve(
+    let result = runtime.block_on(serve(
         cfg,
         keys,
         audit_key,
@@ -104,7 +104,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         guardrail,
         (credentials, creds),
         started,
-    ))
+    ));
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }
 
 /// Refuses a non-loopback dashboard without a credential (seed 004 §4).
@@ -179,24 +182,6 @@ impl aibox_gateway::ops::CredentialSource for EnvCredentials {
             .and_then(|env| self.load_from(env))
             .map_err(|e| format!("{e:#}"))
     }
-}
-
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level).with_context(|| {
-        format!(
-            "log.level '{}' is not a valid filter; fix: use e.g. info, debug or aibox_router=debug,info (log.level or AIBOX_LOG_LEVEL)",
-            cfg.log.level
-        )
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
 
 /// Refuses configurations that would expose an unauthenticated gateway or
