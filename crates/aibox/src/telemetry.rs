@@ -22,8 +22,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The target of the gateway's model-call spans (`aibox_gateway::telemetry`).
+const GENAI_TARGET: &str = "aibox_gateway::genai";
 
 /// What must be flushed at exit.
 pub struct Telemetry {
@@ -106,7 +110,11 @@ pub fn init(cfg: &Config) -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed(),
     }
-    .with_filter(filter);
+    // The model-call spans are for traces: in the log they would only
+    // repeat the request span's context on every line.
+    .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| {
+        !m.target().starts_with(GENAI_TARGET)
+    })));
     let provider = if cfg.telemetry.traces {
         Some(provider(cfg)?)
     } else {
