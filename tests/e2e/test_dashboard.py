@@ -275,3 +275,11 @@ def test_non_loopback_dashboard_needs_a_credential(cluster):
     gw = cluster.aibox(cfg, env={"DASHBOARD_AUTH_TOKEN": TOKEN})
     addr = gw.proc.wait_for(_DASH_LINE).group(1)
     assert addr.startswith("0.0.0.0:")
+
+
+def test_a_short_plain_password_stops_start_up(cluster):
+    cfg = base_config()
+    cfg["dashboard"] = {"enabled": True, "listen": "127.0.0.1:0"}
+    _, err = cluster.aibox_must_refuse_to_start(cfg, env={"DASHBOARD_PASSWORD": "short-pw"})
+    assert "DASHBOARD_PASSWORD" in err and "at least 12" in err
+    assert "short-pw" not in err

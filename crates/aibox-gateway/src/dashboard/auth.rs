@@ -18,6 +18,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
 
+/// The shortest plain `DASHBOARD_PASSWORD` accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
 /// At most this many live sessions; a login beyond it is refused rather
 /// than letting a flood of logins grow memory.
 const MAX_SESSIONS: usize = 4096;
@@ -27,9 +30,14 @@ const MAX_SESSIONS: usize = 4096;
 pub enum DashboardAuthError {
     /// `DASHBOARD_PASSWORD` looks like a PHC string but is not a valid one.
     #[error(
-        "DASHBOARD_PASSWORD starts with '$argon2' but is not a valid argon2 PHC hash ({0}); fix: give the plain password, or a hash made by `argon2` / `aibox dashboard hash-password`"
+        "DASHBOARD_PASSWORD starts with '$argon2' but is not a valid argon2 PHC hash ({0}); fix: give the plain password (aibox hashes it at start-up), or an argon2id PHC string such as the `argon2` command prints with -e"
     )]
     BadHash(String),
+    /// A plain password too short to stand an online guessing attack.
+    #[error(
+        "DASHBOARD_PASSWORD has {0} characters; at least {MIN_PASSWORD_CHARS} are required; fix: use a longer passphrase, or DASHBOARD_AUTH_TOKEN (`aibox bootstrap` writes a strong one)"
+    )]
+    TooShort(usize),
     /// Hashing a plain password failed.
     #[error("cannot hash DASHBOARD_PASSWORD: {0}")]
     Hash(String),
@@ -68,6 +76,9 @@ impl DashboardAuth {
                 argon2::PasswordHash::new(p)
                     .map_err(|e| DashboardAuthError::BadHash(e.to_string()))?;
                 Some(p.to_owned())
+            }
+            Some(p) if p.chars().count() < MIN_PASSWORD_CHARS => {
+                return Err(DashboardAuthError::TooShort(p.chars().count()));
             }
             Some(p) => Some(hash_password(p)?),
         };
@@ -266,6 +277,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("DASHBOARD_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn a_short_plain_password_is_refused_without_echoing_it() {
+        let e = DashboardAuth::new(None, Some(&Secret::new(String::from("hunter2"))))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 12") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]
