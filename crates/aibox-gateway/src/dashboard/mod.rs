@@ -309,6 +309,9 @@ struct LoginBody {
     password: Option<String>,
 }
 
+/// How long a wrong password holds its verification slot.
+const FAILED_PASSWORD_PAUSE: Duration = Duration::from_millis(250);
+
 /// At most two password verifications at once: argon2 is expensive by
 /// design, and a flood of logins must not take every core.
 static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
@@ -384,6 +387,9 @@ async fn login_inner(
                 .await
                 .unwrap_or(false);
             if !ok {
+                // The permit is held through the pause: guesses are
+                // serialised across all clients to a few per second.
+                tokio::time::sleep(FAILED_PASSWORD_PAUSE).await;
                 return Err(refused_login(state, "password"));
             }
             "password"
