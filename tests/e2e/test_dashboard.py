@@ -283,3 +283,42 @@ def test_a_short_plain_password_stops_start_up(cluster):
     _, err = cluster.aibox_must_refuse_to_start(cfg, env={"DASHBOARD_PASSWORD": "short-pw"})
     assert "DASHBOARD_PASSWORD" in err and "at least 12" in err
     assert "short-pw" not in err
+
+
+def test_sessions_survive_a_plain_reload_and_end_when_the_token_rotates(cluster):
+    import signal
+    import time
+
+    cfg = base_config()
+    cfg["dashboard"] = {"enabled": True, "listen": "127.0.0.1:0"}
+    cwd = cluster.aibox_dir()
+    (cwd / ".env").write_text(f"DASHBOARD_AUTH_TOKEN={TOKEN}\nOPS_CONTROLLER_TOKEN={TOKEN}-ops\n")
+    gw = cluster.aibox(cfg, cwd=cwd)
+    url = "http://" + gw.proc.wait_for(_DASH_LINE).group(1)
+    login = httpx.post(url + "/api/login", json={"token": TOKEN})
+    cookie = login.cookies["aibox_session"]
+
+    def alive() -> bool:
+        return httpx.get(url + "/api/session", cookies={"aibox_session": cookie}).status_code == 200
+
+    def reloads() -> int:
+        events = [r["event"] for r in httpx.get(url + "/api/audit/_aibox", headers={"Authorization": f"Bearer {current}"}).json()["rows"]]
+        return len([e for e in events if e["type"] == "ops_action" and e["action"] == "reload_keys"])
+
+    current = TOKEN
+    gw.proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while reloads() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert alive(), "an unchanged credential must keep the sessions"
+
+    new = "rotated-" + "f" * 40
+    (cwd / ".env").write_text(f"DASHBOARD_AUTH_TOKEN={new}\nOPS_CONTROLLER_TOKEN={TOKEN}-ops\n")
+    gw.proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while alive():
+        assert time.monotonic() < deadline, "the rotation did not end the session"
+        time.sleep(0.1)
+    assert httpx.post(url + "/api/login", json={"token": TOKEN}).status_code == 401
+    assert httpx.post(url + "/api/login", json={"token": new}).status_code == 200

@@ -231,25 +231,43 @@ pub async fn reload_keys(state: &AppState, actor: &str) -> Result<String, String
             return Err(e);
         }
     };
-    let dashboard = match crate::dashboard::DashboardAuth::new(
+    // Unchanged dashboard credentials keep their sessions (a SIGHUP for the
+    // constitution must not log everybody out); changed ones are validated
+    // before anything is swapped.
+    let current = state.dashboard.current();
+    let (token, password) = (
         creds.dashboard_token.clone(),
-        creds.dashboard_password.as_ref(),
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            let e = e.to_string();
-            let _ = record_ops_action(state, actor, "reload_keys", e.clone(), false).await;
-            tracing::error!(actor, error = %e, "key reload failed; the previous keys stay");
-            return Err(e);
+        creds.dashboard_password.clone(),
+    );
+    let unchanged = tokio::task::spawn_blocking(move || {
+        current.same_credentials(token.as_ref(), password.as_ref())
+    })
+    .await
+    .unwrap_or(false);
+    let dashboard = if unchanged {
+        None
+    } else {
+        match crate::dashboard::DashboardAuth::new(
+            creds.dashboard_token.clone(),
+            creds.dashboard_password.as_ref(),
+        ) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let e = e.to_string();
+                let _ = record_ops_action(state, actor, "reload_keys", e.clone(), false).await;
+                tracing::error!(actor, error = %e, "key reload failed; the previous keys stay");
+                return Err(e);
+            }
         }
     };
     let target = format!(
-        "principal={} captoken={} ops_token={} dashboard_token={} dashboard_password={}",
+        "principal={} captoken={} ops_token={} dashboard_token={} dashboard_password={} dashboard_sessions={}",
         describe_ring(&creds.principal),
         describe_ring(&creds.captoken),
         set_or_unset(&creds.ops_token),
         set_or_unset(&creds.dashboard_token),
         set_or_unset(&creds.dashboard_password),
+        if dashboard.is_some() { "ended" } else { "kept" },
     );
     state.set_signing_keys(&creds.principal, &creds.captoken);
     if let Some(mcp) = &state.mcp {
@@ -259,7 +277,9 @@ pub async fn reload_keys(state: &AppState, actor: &str) -> Result<String, String
         );
     }
     state.ops_token.store(creds.ops_token.map(Arc::new));
-    state.dashboard.replace(dashboard);
+    if let Some(d) = dashboard {
+        state.dashboard.replace(d);
+    }
     let _ = record_ops_action(state, actor, "reload_keys", target.clone(), true).await;
     tracing::info!(actor, keys = %target, "keys and tokens reloaded");
     Ok(target)

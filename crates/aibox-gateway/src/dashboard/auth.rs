@@ -103,6 +103,29 @@ impl DashboardAuth {
         self.password_hash.is_some()
     }
 
+    /// Whether `token` and `password` (as read from the environment) are
+    /// the credentials in force: the token compared in constant time, a
+    /// plain password verified against the kept hash, a PHC string compared
+    /// as text. A reload with unchanged credentials keeps the sessions.
+    pub fn same_credentials(&self, token: Option<&Secret>, password: Option<&Secret>) -> bool {
+        let token = token.map(Secret::expose).filter(|t| !t.is_empty());
+        let same_token = match (&self.token, token) {
+            (None, None) => true,
+            (Some(old), Some(new)) => {
+                subtle::ConstantTimeEq::ct_eq(old.expose().as_bytes(), new.as_bytes()).into()
+            }
+            _ => false,
+        };
+        let password = password.map(Secret::expose).filter(|p| !p.is_empty());
+        let same_password = match (&self.password_hash, password) {
+            (None, None) => true,
+            (Some(hash), Some(new)) if new.starts_with("$argon2") => hash == new,
+            (Some(_), Some(new)) => self.check_password(new),
+            _ => false,
+        };
+        same_token && same_password
+    }
+
     /// Constant-time comparison with `DASHBOARD_AUTH_TOKEN`.
     pub fn check_token(&self, given: &str) -> bool {
         match &self.token {
@@ -285,6 +308,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("at least 12") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn same_credentials_tells_a_rotation_from_a_reload() {
+        let tok = |v: &str| Some(Secret::new(String::from(v)));
+        let a = DashboardAuth::new(tok("t1"), tok("long enough password").as_ref()).unwrap();
+        assert!(a.same_credentials(tok("t1").as_ref(), tok("long enough password").as_ref()));
+        assert!(!a.same_credentials(tok("t2").as_ref(), tok("long enough password").as_ref()));
+        assert!(!a.same_credentials(tok("t1").as_ref(), tok("other long password").as_ref()));
+        assert!(!a.same_credentials(None, tok("long enough password").as_ref()));
+        assert!(!a.same_credentials(tok("t1").as_ref(), None));
+        let none = DashboardAuth::new(None, None).unwrap();
+        assert!(none.same_credentials(None, tok("").as_ref()));
     }
 
     #[test]
