@@ -48,7 +48,8 @@ class Dash:
         self.url = url
 
 
-def dashboard(cluster, *, token: str | None = TOKEN, password: str | None = PASSWORD, listen="127.0.0.1:0") -> Dash:
+def dashboard(cluster, *, token: str | None = TOKEN, password: str | None = PASSWORD, listen="127.0.0.1:0",
+              with_mcp: bool = False) -> Dash:
     up = cluster.fake_upstream("up1")
     cfg = base_config()
     cfg["upstreams"] = [up.upstream()]
@@ -59,7 +60,11 @@ def dashboard(cluster, *, token: str | None = TOKEN, password: str | None = PASS
         env["DASHBOARD_AUTH_TOKEN"] = token
     if password:
         env["DASHBOARD_PASSWORD"] = password
-    gw = cluster.aibox(cfg, env=env)
+    cwd = cluster.aibox_dir()
+    if with_mcp:
+        from test_ops import write_registry
+        write_registry(cwd)
+    gw = cluster.aibox(cfg, env=env, cwd=cwd)
     addr = gw.proc.wait_for(_DASH_LINE).group(1)
     return Dash(gw, f"http://{addr}")
 
@@ -120,7 +125,7 @@ def test_wrong_credentials_are_refused(cluster, browser, shots, method, secret):
 
 
 def test_token_login_shows_the_turn_verifies_and_downloads_its_receipt(cluster, browser, shots, tmp_path):
-    d = dashboard(cluster)
+    d = dashboard(cluster, with_mcp=True)
     page = browser.new_page()
     login(page, d.url, "token", TOKEN)
     logged_in(page)
@@ -161,7 +166,7 @@ def test_token_login_shows_the_turn_verifies_and_downloads_its_receipt(cluster, 
     # Each page, with something it must show once loaded.
     for name, ready in [
         ("guardrail", "#gr-recent td:text-is('input')"),
-        ("mcp", "#page-mcp h2"),
+        ("mcp", "#mcp-table td:text-is('tenant:acme&role:tools')"),
         ("keys", "#keys-table td:text-is('AIBOX_CAPTOKEN_KEYS')"),
         ("doctor", "#doctor-table tbody tr"),
     ]:
@@ -170,6 +175,10 @@ def test_token_login_shows_the_turn_verifies_and_downloads_its_receipt(cluster, 
         page.wait_for_selector(ready, timeout=15_000)
         shots(page, name)
     expect(page.locator("#gr-counts")).to_contain_text("allow")
+    # The MCP server with its client allow-list and tool allow/deny lists.
+    mcp_row = page.locator("#mcp-table tbody tr", has=page.locator("td:text-is('local')"))
+    expect(mcp_row.locator("td").nth(5)).to_have_text("echo, add")
+    expect(mcp_row.locator("td").nth(6)).to_have_text("danger")
 
     # The verify press is an operator action in the system tenant's log.
     r = page.evaluate("fetch('/api/audit/_aibox').then(r => r.json())")
