@@ -46,7 +46,10 @@ _FAKE_LINE = re.compile(r"^LISTENING (\S+)$", re.M)
 _AIBOX_LINE = re.compile(r"^aibox listening main=(\S+) ops=(\S+)$", re.M)
 
 #: Variables of the developer's shell that would change aibox's behaviour.
-_SCRUBBED_ENV = ("AUDIT_SIGNING_KEY", "SECRETS_MASTER_KEY", "REDIS_PASSWORD")
+_SCRUBBED_ENV = (
+    "AUDIT_SIGNING_KEY", "SECRETS_MASTER_KEY", "REDIS_PASSWORD",
+    "OPS_CONTROLLER_TOKEN", "DASHBOARD_AUTH_TOKEN", "DASHBOARD_PASSWORD",
+)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -47,6 +47,11 @@ critique:
 """
 
 
+#: The ops API's token; its actions are refused without one.
+OPS_TOKEN = "ops-" + "e" * 40
+OPS_AUTH = {"Authorization": f"Bearer {OPS_TOKEN}"}
+
+
 def gateway(cluster: Cluster, profile="standard", critique_input="false", critique_output="false",
             judge="judge-allow", on_error="fail_open"):
     up = cluster.fake_upstream("up1", models=("m1", "leak-secret", "judge-allow", "judge-block", "judge-revise", "judge-garbage"))
@@ -60,7 +65,7 @@ def gateway(cluster: Cluster, profile="standard", critique_input="false", critiq
     cfg["models"] = [model("chat", (up, "m1")), model("leaky", (up, "leak-secret"))] + [
         model(j, (up, j)) for j in ("judge-allow", "judge-block", "judge-revise", "judge-garbage")
     ]
-    gw = cluster.aibox(cfg, env={"AIBOX_CONSTITUTION": str(path)}, cwd=cwd)
+    gw = cluster.aibox(cfg, env={"AIBOX_CONSTITUTION": str(path), "OPS_CONTROLLER_TOKEN": OPS_TOKEN}, cwd=cwd)
     return gw, up, path
 
 
@@ -172,12 +177,12 @@ def test_constitution_reloads_on_sighup_and_ops_api_and_a_bad_file_keeps_the_old
         time.sleep(0.1)
     # A broken file is refused; the running guardrail stays.
     path.write_text("enabled: true\nprofile: paranoid\n")
-    r = gw.ops().post("/reload/constitution")
+    r = gw.ops().post("/reload/constitution", headers=OPS_AUTH)
     assert r.status_code == 422 and "profile" in r.text, r.text
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="chat", messages=probe)
     path.write_text(CONSTITUTION.format(profile="standard", critique_input="false", critique_output="false", judge="judge-allow", on_error="fail_open"))
-    assert gw.ops().post("/reload/constitution").status_code == 200
+    assert gw.ops().post("/reload/constitution", headers=OPS_AUTH).status_code == 200
     client.chat.completions.create(model="chat", messages=probe)
     ops = [e for e in audit_events_system(cluster, gw) if e["type"] == "ops_action"]
     assert [e["ok"] for e in ops][-3:] == [True, False, True], ops

@@ -18,6 +18,22 @@ pub const AIBOX_OPS_LISTEN: &str = "AIBOX_OPS_LISTEN";
 pub const AIBOX_DATA_DIR: &str = "AIBOX_DATA_DIR";
 /// `server.max_body_bytes`.
 pub const AIBOX_MAX_BODY_BYTES: &str = "AIBOX_MAX_BODY_BYTES";
+/// `dashboard.listen`.
+pub const AIBOX_DASHBOARD_LISTEN: &str = "AIBOX_DASHBOARD_LISTEN";
+/// `dashboard.enabled`.
+pub const AIBOX_DASHBOARD_ENABLED: &str = "AIBOX_DASHBOARD_ENABLED";
+/// The bearer token of the ops API (seed 004 §3, §5); rotates on SIGHUP.
+pub const OPS_CONTROLLER_TOKEN: &str = "OPS_CONTROLLER_TOKEN";
+/// A bearer token that logs in to the dashboard (seed 004 §4); rotates on SIGHUP.
+pub const DASHBOARD_AUTH_TOKEN: &str = "DASHBOARD_AUTH_TOKEN";
+/// The dashboard password, plain or an argon2 PHC hash (seed 004 §4); rotates on SIGHUP.
+pub const DASHBOARD_PASSWORD: &str = "DASHBOARD_PASSWORD";
+/// `telemetry.traces`.
+pub const AIBOX_TRACES: &str = "AIBOX_TRACES";
+/// `telemetry.otlp_endpoint`.
+pub const AIBOX_OTLP_ENDPOINT: &str = "AIBOX_OTLP_ENDPOINT";
+/// `telemetry.capture_content`.
+pub const AIBOX_TRACES_CAPTURE_CONTENT: &str = "AIBOX_TRACES_CAPTURE_CONTENT";
 /// `database.url`.
 pub const AIBOX_DATABASE_URL: &str = "AIBOX_DATABASE_URL";
 /// `redis_url`.

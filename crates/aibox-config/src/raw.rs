@@ -38,6 +38,43 @@ pub struct RawConfig {
     pub service_auth: Option<RawServiceAuth>,
     /// What tools and remote MCP servers may reach (the SSRF-safe egress).
     pub egress: Option<RawEgress>,
+    /// The admin dashboard.
+    pub dashboard: Option<RawDashboard>,
+    /// Traces (OpenTelemetry over OTLP).
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `telemetry:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Export traces (default false).
+    pub traces: Option<bool>,
+    /// The OTLP/HTTP traces endpoint (protobuf), e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// The NAME of a variable whose value is sent as `Authorization` to the collector.
+    pub otlp_authorization_env: Option<String>,
+    /// `service.name` of the resource.
+    pub service_name: Option<String>,
+    /// The share of new traces sampled, 0.0 to 1.0.
+    pub sample_ratio: Option<f64>,
+    /// Put prompts and completions into spans (default false; seed 000 §9).
+    pub capture_content: Option<bool>,
+}
+
+/// `dashboard:`: the admin dashboard on its own listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    /// Serve it at all (default false).
+    pub enabled: Option<bool>,
+    /// Its listener address.
+    pub listen: Option<String>,
+    /// How long a login lasts.
+    pub session_ttl_secs: Option<u64>,
+    /// Mark the session cookie `Secure` (default: when `listen` is not
+    /// loopback, where a TLS-terminating proxy must be in front).
+    pub secure_cookie: Option<bool>,
 }
 
 /// `egress:`: the policy of the SSRF-safe egress client (seed 004 §1, §2).

@@ -50,6 +50,46 @@ pub struct Config {
     pub service_auth: Option<ServiceAuthConfig>,
     /// The SSRF-safe egress policy of tools and remote MCP servers.
     pub egress: EgressConfig,
+    /// The admin dashboard.
+    pub dashboard: DashboardConfig,
+    /// Traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `telemetry:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryConfig {
+    /// Whether spans are exported over OTLP.
+    pub traces: bool,
+    /// The OTLP/HTTP (protobuf) traces endpoint.
+    #[serde(serialize_with = "url_text")]
+    pub otlp_endpoint: url::Url,
+    /// The variable holding the collector's `Authorization` value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_authorization_env: Option<String>,
+    /// Its value; never serialised.
+    #[serde(skip)]
+    pub otlp_authorization: Option<Secret>,
+    /// `service.name`.
+    pub service_name: String,
+    /// The share of new traces sampled.
+    pub sample_ratio: f64,
+    /// Prompts and completions in spans.
+    pub capture_content: bool,
+}
+
+/// `dashboard:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardConfig {
+    /// Whether the dashboard listener runs.
+    pub enabled: bool,
+    /// Its listener.
+    pub listen: SocketAddr,
+    /// How long a login lasts.
+    #[serde(serialize_with = "secs", rename = "session_ttl_secs")]
+    pub session_ttl: Duration,
+    /// Whether the session cookie is `Secure`.
+    pub secure_cookie: bool,
 }
 
 /// `egress:`, checked by building the policy it describes.
@@ -378,6 +418,10 @@ impl LimitsConfig {
     }
 }
 
+fn url_text<S: serde::Serializer>(url: &url::Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(url.as_str())
+}
+
 fn redacted_url<S: serde::Serializer>(url: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
     match url {
         Some(u) => s.serialize_str(&redact_userinfo(u.expose())),
@@ -655,6 +699,56 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             "give at most 3600 seconds",
         ));
     }
+
+    let rd = raw.dashboard.unwrap_or_default();
+    let dashboard_listen = parse_addr(
+        ctx,
+        env,
+        env::AIBOX_DASHBOARD_LISTEN,
+        &[Key("dashboard"), Key("listen")],
+        rd.listen,
+        "127.0.0.1:9001",
+    )?;
+    if dashboard_listen.port() != 0
+        && (dashboard_listen == listen || dashboard_listen == ops_listen)
+    {
+        return Err(ctx.invalid(
+            &[Key("dashboard"), Key("listen")],
+            format!("the dashboard listener {dashboard_listen} is the address of another listener"),
+            "give the dashboard its own port (default 127.0.0.1:9001)",
+        ));
+    }
+    let dashboard_enabled = match env.get(env::AIBOX_DASHBOARD_ENABLED).map(String::as_str) {
+        None => rd.enabled.unwrap_or(false),
+        Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(v) => {
+            return Err(env_invalid(
+                env::AIBOX_DASHBOARD_ENABLED,
+                "dashboard.enabled",
+                format!("'{v}' is not a boolean"),
+                "use true or false",
+            ));
+        }
+    };
+    let session_ttl = rd.session_ttl_secs.unwrap_or(3600);
+    if !(60..=86_400).contains(&session_ttl) {
+        return Err(ctx.invalid(
+            &[Key("dashboard"), Key("session_ttl_secs")],
+            format!("{session_ttl} is outside 60..=86400"),
+            "give a login lifetime between one minute and one day (default 3600)",
+        ));
+    }
+    let dashboard = DashboardConfig {
+        enabled: dashboard_enabled,
+        listen: dashboard_listen,
+        session_ttl: Duration::from_secs(session_ttl),
+        secure_cookie: rd
+            .secure_cookie
+            .unwrap_or(!dashboard_listen.ip().is_loopback()),
+    };
+
+    let telemetry = telemetry(raw.telemetry.unwrap_or_default(), ctx, env)?;
 
     let rl = raw.log.unwrap_or_default();
     let format_text = env
@@ -1193,6 +1287,111 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         routes,
         service_auth,
         egress: egress(raw.egress.unwrap_or_default(), ctx, env)?,
+        dashboard,
+        telemetry,
+    })
+}
+
+fn env_bool(env: &Env, var: &'static str, key: &str) -> Result<Option<bool>, ConfigError> {
+    match env.get(var).map(String::as_str) {
+        None => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(v) => Err(env_invalid(
+            var,
+            key,
+            format!("'{v}' is not a boolean"),
+            "use true or false",
+        )),
+    }
+}
+
+fn telemetry(
+    rt: crate::raw::RawTelemetry,
+    ctx: &Ctx<'_>,
+    env: &Env,
+) -> Result<TelemetryConfig, ConfigError> {
+    use Seg::Key;
+    let traces = env_bool(env, env::AIBOX_TRACES, "telemetry.traces")?
+        .or(rt.traces)
+        .unwrap_or(false);
+    let capture_content = env_bool(
+        env,
+        env::AIBOX_TRACES_CAPTURE_CONTENT,
+        "telemetry.capture_content",
+    )?
+    .or(rt.capture_content)
+    .unwrap_or(false);
+    let fix = "give the collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces";
+    let otlp_endpoint = match env.get(env::AIBOX_OTLP_ENDPOINT) {
+        Some(v) => url::Url::parse(v).map_err(|e| {
+            env_invalid(
+                env::AIBOX_OTLP_ENDPOINT,
+                "telemetry.otlp_endpoint",
+                format!("'{v}' is not a URL: {e}"),
+                fix,
+            )
+        })?,
+        None => {
+            let v = rt
+                .otlp_endpoint
+                .unwrap_or_else(|| "http://127.0.0.1:4318/v1/traces".to_owned());
+            url::Url::parse(&v).map_err(|e| {
+                ctx.invalid(
+                    &[Key("telemetry"), Key("otlp_endpoint")],
+                    format!("'{v}' is not a URL: {e}"),
+                    fix,
+                )
+            })?
+        }
+    };
+    if !matches!(otlp_endpoint.scheme(), "http" | "https")
+        || !otlp_endpoint.username().is_empty()
+        || otlp_endpoint.password().is_some()
+    {
+        return Err(ctx.invalid(
+            &[Key("telemetry"), Key("otlp_endpoint")],
+            "it must be an http or https URL without credentials",
+            "put the collector's credential in a variable named by telemetry.otlp_authorization_env",
+        ));
+    }
+    let otlp_authorization = match &rt.otlp_authorization_env {
+        None => None,
+        Some(name) => match env.get(name) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v.clone())),
+            _ => {
+                return Err(ctx.invalid(
+                    &[Key("telemetry"), Key("otlp_authorization_env")],
+                    format!("the variable {name} is not set"),
+                    format!("set {name} in the environment or .env (its value is sent as Authorization to the collector), or remove the key"),
+                ));
+            }
+        },
+    };
+    let sample_ratio = rt.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(ctx.invalid(
+            &[Key("telemetry"), Key("sample_ratio")],
+            format!("{sample_ratio} is outside 0.0..=1.0"),
+            "give the share of traces to keep, e.g. 0.1",
+        ));
+    }
+    let service_name = rt.service_name.unwrap_or_else(|| "aibox".to_owned());
+    if service_name.is_empty() || service_name.len() > 128 {
+        return Err(ctx.invalid(
+            &[Key("telemetry"), Key("service_name")],
+            "it must be 1 to 128 characters",
+            "use a short name such as aibox",
+        ));
+    }
+    Ok(TelemetryConfig {
+        traces,
+        otlp_endpoint,
+        otlp_authorization_env: rt.otlp_authorization_env,
+        otlp_authorization,
+        service_name,
+        sample_ratio,
+        capture_content,
     })
 }
 
@@ -1674,5 +1873,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("AIBOX_AUTH_ENABLED"), "{e}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod telemetry_tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_defaults_off_and_checks_its_keys() {
+        let c = load_from_str("", None, &Env::new()).unwrap();
+        assert!(!c.telemetry.traces && !c.telemetry.capture_content);
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_str(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        let bad = [
+            ("telemetry:\n  sample_ratio: 1.5\n", "sample_ratio"),
+            (
+                "telemetry:\n  otlp_endpoint: \"ftp://x/\"\n",
+                "otlp_endpoint",
+            ),
+            (
+                "telemetry:\n  otlp_endpoint: \"http://u:p@x/\"\n",
+                "otlp_endpoint",
+            ),
+            (
+                "telemetry:\n  otlp_authorization_env: NOPE_UNSET\n",
+                "NOPE_UNSET",
+            ),
+            ("telemetry:\n  prompts: true\n", "prompts"),
+        ];
+        for (yaml, word) in bad {
+            let e = load_from_str(yaml, Some(Path::new("c.yaml")), &Env::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(word), "{yaml}: {e}");
+        }
+        let mut env = Env::new();
+        env.insert("AIBOX_TRACES".into(), "true".into());
+        env.insert("COLLECTOR_AUTH".into(), "Bearer s3cret".into());
+        let c = load_from_str(
+            "telemetry:\n  otlp_authorization_env: COLLECTOR_AUTH\n",
+            None,
+            &env,
+        )
+        .unwrap();
+        assert!(c.telemetry.traces);
+        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
     }
 }

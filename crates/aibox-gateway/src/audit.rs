@@ -36,7 +36,7 @@ pub(crate) struct ConsistencyQuery {
     new: u64,
 }
 
-fn log_error(e: AuditLogError) -> ApiError {
+pub(crate) fn log_error(e: AuditLogError) -> ApiError {
     match e {
         AuditLogError::TurnNotFound { .. }
         | AuditLogError::NoSuchEnvelope { .. }

@@ -161,6 +161,7 @@ pub(crate) async fn proxy(
     let now = SystemTime::now();
     let signed = st
         .principal_signer
+        .load()
         .sign(&principal, &cfg.audience, &rid, now)
         .map_err(|e| {
             tracing::error!(error = %e, "cannot sign the principal; check AIBOX_PRINCIPAL_KEYS");
@@ -231,7 +232,7 @@ pub(crate) async fn proxy(
             ops: &cfg.operations,
             audience: Some(&cfg.audience),
         };
-        let minted = st.captoken_minter.mint(&grant, now).map_err(|e| {
+        let minted = st.captoken_minter.load().mint(&grant, now).map_err(|e| {
             tracing::error!(error = %e, "cannot mint a CapToken; check AIBOX_CAPTOKEN_KEYS");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse as _, Response};
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::metrics::{HttpLabels, RouteLabels};
+use crate::metrics::{HttpLabels, ModelLabel, RouteLabels};
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -92,9 +92,11 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
     let mut gone = ClientGone {
         state: Some((state.clone(), route.clone(), started, span.clone())),
     };
+    let mut tenant = String::new();
     let mut resp = async {
         match state.auth.authenticate(req.headers()).await {
             Ok(principal) => {
+                tenant = state.metrics.tenants.label(principal.tenant.as_str());
                 // The credential has done its job; nothing after the edge
                 // may forward it (a downstream gets the signed principal).
                 req.headers_mut().remove(axum::http::header::AUTHORIZATION);
@@ -113,18 +115,29 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     let elapsed = started.elapsed();
+    let model = resp
+        .extensions()
+        .get::<ModelLabel>()
+        .map(|m| state.metrics.models.label(&m.0))
+        .unwrap_or_default();
     state
         .metrics
         .requests
         .get_or_create(&HttpLabels {
             route: route.clone(),
+            model: model.clone(),
+            tenant: tenant.clone(),
             status: status.as_u16().to_string(),
         })
         .inc();
     state
         .metrics
         .latency
-        .get_or_create(&RouteLabels { route })
+        .get_or_create(&RouteLabels {
+            route,
+            model,
+            tenant,
+        })
         .observe(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::info!(
@@ -148,6 +161,8 @@ impl Drop for ClientGone {
                 .requests
                 .get_or_create(&HttpLabels {
                     route,
+                    model: String::new(),
+                    tenant: String::new(),
                     status: "499".to_owned(),
                 })
                 .inc();

@@ -9,6 +9,7 @@
 
 mod audit;
 pub mod auth;
+pub mod dashboard;
 pub mod downstream;
 pub mod edge;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod mcp;
 pub mod metrics;
 mod openai;
 pub mod ops;
+pub mod telemetry;
 mod turn;
 mod vault;
 
@@ -53,20 +55,57 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Authentication.
     pub auth: Arc<auth::Authenticator>,
-    /// Signs `X-Aibox-Principal` for downstream services.
-    pub principal_signer: PrincipalSigner,
-    /// Mints per-turn CapTokens.
-    pub captoken_minter: CapTokenMinter,
+    /// Signs `X-Aibox-Principal` for downstream services (swapped when
+    /// `AIBOX_PRINCIPAL_KEYS` is reloaded).
+    pub principal_signer: arc_swap::ArcSwap<PrincipalSigner>,
+    /// Mints per-turn CapTokens (swapped when `AIBOX_CAPTOKEN_KEYS` is
+    /// reloaded).
+    pub captoken_minter: arc_swap::ArcSwap<CapTokenMinter>,
     /// Downstream routes, in config order.
     pub downstreams: Vec<downstream::Downstream>,
     /// Per-user secrets.
     pub vault: aibox_store::vault::Vault,
     /// The guardrail (swapped on reload).
     pub guardrail: Arc<guard::GuardrailHandle>,
-    /// `OPS_CONTROLLER_TOKEN`, required by state-changing ops endpoints when set.
-    pub ops_token: Option<aibox_core::Secret>,
+    /// `OPS_CONTROLLER_TOKEN`: every ops action needs it; unset refuses them.
+    pub ops_token: arc_swap::ArcSwapOption<aibox_core::Secret>,
+    /// The ops listener is not on loopback: `/metrics` needs the token too.
+    pub ops_public: bool,
+    /// Where rotated keyrings and tokens are read from on reload.
+    pub credentials: Option<Arc<dyn ops::CredentialSource>>,
+    /// The dashboard's credentials and sessions.
+    pub dashboard: dashboard::DashboardHandle,
+    /// Key ids and fingerprints of the keyrings in force (never material).
+    pub key_summary: arc_swap::ArcSwap<Vec<KeyInfo>>,
+    /// The doctor's findings, for the dashboard (the binary supplies it).
+    pub doctor: Option<dashboard::DoctorFn>,
     /// The MCP tool gateway, mounted at `/mcp` when set.
     pub mcp: Option<Arc<aibox_mcp::McpGateway>>,
+}
+
+/// One key of a keyring, as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    /// The variable of the keyring.
+    pub keyring: &'static str,
+    /// The key id.
+    pub id: String,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// The first key signs or encrypts; the others only verify or open.
+    pub current: bool,
+}
+
+fn key_infos<'a>(keyring: &'static str, ring: &'a Keyring) -> impl Iterator<Item = KeyInfo> + 'a {
+    ring.entries()
+        .iter()
+        .enumerate()
+        .map(move |(i, e)| KeyInfo {
+            keyring,
+            id: e.id().to_owned(),
+            fingerprint: e.fingerprint(),
+            current: i == 0,
+        })
 }
 
 /// The keyrings the gateway signs and encrypts with.
@@ -85,6 +124,9 @@ pub enum SetupError {
     /// Authentication settings.
     #[error(transparent)]
     Auth(#[from] auth::AuthSetupError),
+    /// The dashboard credentials.
+    #[error(transparent)]
+    Dashboard(#[from] dashboard::DashboardAuthError),
     /// A downstream route's HTTP client.
     #[error("routes: cannot build the HTTP client for {prefix}: {source}")]
     Route {
@@ -109,12 +151,7 @@ impl AppState {
         guardrail: Arc<guard::GuardrailHandle>,
     ) -> Result<Self, SetupError> {
         let auth = auth::Authenticator::new(&config.auth, store.clone())?;
-        let principal_signer = match config.principal.algorithm {
-            PrincipalAlgorithm::Hs256 => PrincipalSigner::hmac(&keys.principal),
-            PrincipalAlgorithm::EdDsa => PrincipalSigner::ed25519(&keys.principal),
-        }
-        .with_ttl(config.principal.ttl);
-        let captoken_minter = CapTokenMinter::new(&keys.captoken).with_ttl(config.captoken.ttl);
+        let (principal_signer, captoken_minter) = signers(&config, &keys.principal, &keys.captoken);
         let downstreams = config
             .routes
             .iter()
@@ -128,10 +165,22 @@ impl AppState {
             })
             .collect::<Result<_, _>>()?;
         let vault = aibox_store::vault::Vault::new(store.clone(), keys.secrets_master.clone());
+        let key_summary = key_infos("AIBOX_PRINCIPAL_KEYS", &keys.principal)
+            .chain(key_infos("AIBOX_CAPTOKEN_KEYS", &keys.captoken))
+            .chain(key_infos("SECRETS_MASTER_KEY", &keys.secrets_master))
+            .collect();
         Ok(Self {
             vault,
             guardrail,
-            ops_token: None,
+            ops_token: arc_swap::ArcSwapOption::empty(),
+            ops_public: false,
+            credentials: None,
+            key_summary: arc_swap::ArcSwap::from_pointee(key_summary),
+            doctor: None,
+            dashboard: dashboard::DashboardHandle::new(
+                dashboard::DashboardAuth::new(None, None)?,
+                config.dashboard.session_ttl,
+            ),
             mcp: None,
             config,
             router,
@@ -140,11 +189,46 @@ impl AppState {
             audit,
             metrics: Arc::new(Metrics::new()),
             auth: Arc::new(auth),
-            principal_signer,
-            captoken_minter,
+            principal_signer: arc_swap::ArcSwap::from_pointee(principal_signer),
+            captoken_minter: arc_swap::ArcSwap::from_pointee(captoken_minter),
             downstreams,
         })
     }
+
+    /// Swaps in rotated principal and CapToken keyrings; requests in flight
+    /// keep the signer they loaded.
+    pub fn set_signing_keys(&self, principal: &Keyring, captoken: &Keyring) {
+        let (p, c) = signers(&self.config, principal, captoken);
+        self.principal_signer.store(Arc::new(p));
+        self.captoken_minter.store(Arc::new(c));
+        let mut summary: Vec<KeyInfo> = key_infos("AIBOX_PRINCIPAL_KEYS", principal)
+            .chain(key_infos("AIBOX_CAPTOKEN_KEYS", captoken))
+            .collect();
+        summary.extend(
+            self.key_summary
+                .load()
+                .iter()
+                .filter(|k| k.keyring == "SECRETS_MASTER_KEY")
+                .cloned(),
+        );
+        self.key_summary.store(Arc::new(summary));
+    }
+}
+
+fn signers(
+    config: &Config,
+    principal: &Keyring,
+    captoken: &Keyring,
+) -> (PrincipalSigner, CapTokenMinter) {
+    let p = match config.principal.algorithm {
+        PrincipalAlgorithm::Hs256 => PrincipalSigner::hmac(principal),
+        PrincipalAlgorithm::EdDsa => PrincipalSigner::ed25519(principal),
+    }
+    .with_ttl(config.principal.ttl);
+    (
+        p,
+        CapTokenMinter::new(captoken).with_ttl(config.captoken.ttl),
+    )
 }
 
 /// The main (public) router.
@@ -186,12 +270,25 @@ pub fn main_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The ops router, for the ops listener only.
+/// The ops router, for the ops listener only. Probes and metrics are open
+/// (metrics need the token on a non-loopback listener); every action needs
+/// `OPS_CONTROLLER_TOKEN` (see [`ops`]).
 pub fn ops_router(state: Arc<AppState>) -> Router {
+    let actions = Router::new()
+        .route("/ops/health", get(ops::health))
+        .route("/ops/reload/constitution", post(ops::reload_constitution))
+        .route("/ops/reload/keys", post(ops::reload_keys_handler))
+        .route("/ops/mcp/{server}/restart", post(ops::restart_mcp))
+        // The first path of the constitution reload, kept for scripts.
+        .route("/reload/constitution", post(ops::reload_constitution))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::require_token,
+        ));
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/reload/constitution", post(ops::reload_constitution))
+        .merge(actions)
         .with_state(state)
 }

@@ -1,10 +1,17 @@
 //! Prometheus metrics, served on the ops listener only.
 //!
 //! Label values are bounded: routes are the matched route templates (never
-//! raw paths, which a client controls), models are the configured or
-//! discovered names that passed resolution, and tenants are validated ids.
+//! raw paths, which a client controls); models and tenants go through
+//! [`Bounded`], which admits at most a fixed number of distinct values per
+//! label and counts the rest as `_other`, so no client can grow the
+//! exposition by inventing model names or tenants.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use aibox_core::audit::{AuditEvent, EventKind};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,11 +20,61 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// At most this many distinct model label values.
+pub const MAX_MODELS: usize = 64;
+/// At most this many distinct tenant label values.
+pub const MAX_TENANTS: usize = 256;
+/// The label value of everything beyond the cap.
+pub const OTHER: &str = "_other";
+
+/// A label whose distinct values are capped.
+pub struct Bounded {
+    seen: Mutex<HashSet<String>>,
+    cap: usize,
+}
+
+impl Bounded {
+    /// Admits up to `cap` distinct values.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            seen: Mutex::new(HashSet::new()),
+            cap,
+        }
+    }
+
+    /// `value` if it is known or there is room for it, else [`OTHER`].
+    pub fn label(&self, value: &str) -> String {
+        if value.is_empty() {
+            return String::new();
+        }
+        let Ok(mut seen) = self.seen.lock() else {
+            return OTHER.to_owned();
+        };
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.cap {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        OTHER.to_owned()
+    }
+}
+
+/// The model a handler routed the request to, set as a response extension
+/// so that the edge can label the request metrics with it.
+#[derive(Clone, Debug)]
+pub struct ModelLabel(pub String);
+
 /// Labels of HTTP request metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// The matched route template.
     pub route: String,
+    /// The model asked for (empty where there is none).
+    pub model: String,
+    /// The authenticated tenant (empty before authentication).
+    pub tenant: String,
     /// The status code.
     pub status: String,
 }
@@ -27,6 +84,19 @@ pub struct HttpLabels {
 pub struct RouteLabels {
     /// The matched route template.
     pub route: String,
+    /// The model asked for (empty where there is none).
+    pub model: String,
+    /// The authenticated tenant (empty before authentication).
+    pub tenant: String,
+}
+
+/// Labels of guardrail verdicts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// `input`, `output`, `tool_input`, ...
+    pub stage: String,
+    /// `pass`, `redact`, `block`, ...
+    pub action: String,
 }
 
 /// Labels of token counters.
@@ -73,6 +143,20 @@ pub struct Metrics {
     pub limiter_fallbacks: Gauge<u64, AtomicU64>,
     /// Requests and streams refused by the guardrail.
     pub guardrail_blocks: Counter,
+    /// Ops API requests refused for a missing or wrong token.
+    pub ops_auth_failures: Counter,
+    /// Guardrail verdicts recorded in model and route turns.
+    pub guardrail_verdicts: Family<VerdictLabels, Counter>,
+    /// Time from submitting a turn to the audit log to its commit.
+    pub audit_append: Histogram,
+    /// Turns submitted to the audit log and not yet committed.
+    pub audit_pending: Gauge,
+    /// Failed audit appends (the turn was refused with 503).
+    pub audit_errors: Counter,
+    /// The model label values.
+    pub models: Bounded,
+    /// The tenant label values.
+    pub tenants: Bounded,
 }
 
 impl Metrics {
@@ -82,7 +166,7 @@ impl Metrics {
         let requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "http_requests",
-            "HTTP requests by route and status",
+            "HTTP requests by route, model, tenant and status",
             requests.clone(),
         );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
@@ -90,7 +174,7 @@ impl Metrics {
         });
         registry.register(
             "http_request_duration_seconds",
-            "Time to response headers",
+            "Time to response headers, by route, model and tenant",
             latency.clone(),
         );
         let tokens = Family::<TokenLabels, Counter>::default();
@@ -125,7 +209,44 @@ impl Metrics {
             "Requests and streams refused by the guardrail",
             guardrail_blocks.clone(),
         );
+        let ops_auth_failures = Counter::default();
+        registry.register(
+            "ops_auth_failures",
+            "Ops API requests refused for a missing or wrong OPS_CONTROLLER_TOKEN",
+            ops_auth_failures.clone(),
+        );
+        let guardrail_verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "guardrail_verdicts",
+            "Guardrail verdicts by stage and action",
+            guardrail_verdicts.clone(),
+        );
+        let audit_append = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "audit_append_duration_seconds",
+            "Time from submitting a turn to the audit log to its durable commit",
+            audit_append.clone(),
+        );
+        let audit_pending = Gauge::default();
+        registry.register(
+            "audit_pending_turns",
+            "Turns submitted to the audit log and not yet committed (the writer's queue)",
+            audit_pending.clone(),
+        );
+        let audit_errors = Counter::default();
+        registry.register(
+            "audit_append_errors",
+            "Turns the audit log could not take",
+            audit_errors.clone(),
+        );
         Self {
+            guardrail_verdicts,
+            audit_append,
+            audit_pending,
+            audit_errors,
+            models: Bounded::new(MAX_MODELS),
+            tenants: Bounded::new(MAX_TENANTS),
+            ops_auth_failures,
             guardrail_blocks,
             registry,
             requests,
@@ -138,6 +259,44 @@ impl Metrics {
         }
     }
 
+    /// Counts the guardrail verdicts among a turn's events.
+    pub fn observe_verdicts(&self, events: &[AuditEvent]) {
+        for e in events {
+            if let EventKind::GuardrailVerdict { stage, action, .. } = &e.kind {
+                self.guardrail_verdicts
+                    .get_or_create(&VerdictLabels {
+                        stage: enum_label(stage),
+                        action: enum_label(action),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Runs an audit append, keeping the pending gauge and the latency
+    /// histogram. The gauge goes down even when the caller's future is
+    /// dropped mid-await.
+    pub async fn time_audit<T, E>(
+        &self,
+        append: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        struct Pending<'a>(&'a Gauge);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.audit_pending.inc();
+        let _pending = Pending(&self.audit_pending);
+        let started = Instant::now();
+        let result = append.await;
+        self.audit_append.observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.audit_errors.inc();
+        }
+        result
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -148,8 +307,78 @@ impl Metrics {
     }
 }
 
+/// Rewrites an OpenMetrics exposition as the Prometheus text format 0.0.4,
+/// for scrapers and tools that do not ask for OpenMetrics (`promtool check
+/// metrics`, older Prometheus servers): counter families are named with
+/// their `_total` suffix, and `# EOF` and `# UNIT` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(prefix);
+                    out.push_str(name);
+                    out.push_str("_total ");
+                    out.push_str(tail);
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The serde name of a unit enum variant (`input`, `block`, ...).
+fn enum_label<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "unknown".to_owned(),
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total_and_drops_eof() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 2\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 2\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn bounded_labels_cap_distinct_values() {
+        let b = Bounded::new(2);
+        assert_eq!(b.label("a"), "a");
+        assert_eq!(b.label("b"), "b");
+        assert_eq!(b.label("c"), OTHER);
+        assert_eq!(b.label("a"), "a");
+        assert_eq!(b.label(""), "");
     }
 }

@@ -14,6 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::downstream::TURN_HEADER;
@@ -187,7 +188,9 @@ fn account(
     upstream: &str,
     rid: &RequestId,
     usage: Usage,
+    span: &tracing::Span,
 ) {
+    crate::telemetry::record_usage(span, upstream, usage);
     st.store.record_usage(UsageRecord {
         at_ms: now_ms(),
         tenant: principal.tenant.clone(),
@@ -251,32 +254,43 @@ async fn proxy(
     );
     let turn_id = turn.turn().clone();
     let mut map = map;
+    let span = crate::telemetry::model_span(endpoint, &info.model, &principal, &turn_id);
+    crate::telemetry::record_input(&span, st.config.telemetry.capture_content, &map);
     let guardrail = st.guardrail.current();
-    let result = match guard_input(
-        &st, &guardrail, endpoint, &rid, &principal, &mut map, &info, &mut turn,
-    )
-    .await
-    {
-        Ok(vault) => {
-            run_turn(
-                &st, endpoint, &rid, &principal, map, &info, turn, guardrail, vault,
-            )
-            .await
-        }
-        Err(e) => {
-            let status = TurnStatus::Error {
-                code: e.code().to_owned(),
-            };
-            match record(&st, turn, status).await {
-                Ok(()) => Err(e),
-                Err(audit) => Err(audit),
+    let result = async {
+        match guard_input(
+            &st, &guardrail, endpoint, &rid, &principal, &mut map, &info, &mut turn,
+        )
+        .await
+        {
+            Ok(vault) => {
+                run_turn(
+                    &st, endpoint, &rid, &principal, map, &info, turn, guardrail, vault,
+                )
+                .await
+            }
+            Err(e) => {
+                let status = TurnStatus::Error {
+                    code: e.code().to_owned(),
+                };
+                match record(&st, turn, status).await {
+                    Ok(()) => Err(e),
+                    Err(audit) => Err(audit),
+                }
             }
         }
-    };
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(e) = &result {
+        crate::telemetry::record_error(&span, e.code());
+    }
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    resp.extensions_mut()
+        .insert(crate::metrics::ModelLabel(info.model.clone()));
     if let Ok(v) = HeaderValue::from_str(turn_id.as_str()) {
         resp.headers_mut().insert(TURN_HEADER, v);
     }
@@ -377,6 +391,8 @@ async fn run_turn(
         // stream starts, the relay drops when a stream ends, and a cancelled
         // handler drops with the router future: every path decrements once.
         let inflight = Inflight::enter(&st.metrics.inflight);
+        // The model call's span lives until the stream ends.
+        let span = tracing::Span::current();
         Box::new(move |summary: StreamSummary| -> Option<Gate> {
             let _inflight = inflight;
             let (mut turn, upstream, upstream_model, attempt) = slot.lock().ok()?.take()?;
@@ -411,8 +427,9 @@ async fn run_turn(
                     TurnStatus::ClientGone
                 }
             };
+            crate::telemetry::record_response_model(&span, &upstream_model);
             if let Some(u) = summary.usage {
-                account(&st, &principal, &model, &upstream, &rid, u);
+                account(&st, &principal, &model, &upstream, &rid, u, &span);
             }
             turn.answer(
                 &upstream,
@@ -525,8 +542,10 @@ async fn run_turn(
             attempt,
             failures,
         }) => {
+            let span = tracing::Span::current();
+            crate::telemetry::record_response_model(&span, &upstream_model);
             if let Some(u) = usage {
-                account(st, principal, &info.model, &upstream, rid, u);
+                account(st, principal, &info.model, &upstream, rid, u, &span);
             }
             turn.failures(&failures);
             turn.answer(
@@ -576,6 +595,11 @@ async fn run_turn(
                     }
                 };
                 record(st, turn, outcome).await?;
+                crate::telemetry::record_output(
+                    &tracing::Span::current(),
+                    st.config.telemetry.capture_content,
+                    &body,
+                );
                 Ok(json_response(status, body))
             } else {
                 let err = ApiError::new(

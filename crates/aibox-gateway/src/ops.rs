@@ -1,16 +1,55 @@
-//! Ops endpoints: liveness, readiness (database and audit log) and metrics.
+//! The ops API: liveness, readiness and metrics, plus the operator's
+//! actions (health of upstreams and MCP servers, constitution and keyring
+//! reloads, MCP server restarts).
 //!
-//! These are mounted only on the ops listener, which binds to loopback by
-//! default (seed 004 §3: never expose the ops port to the network).
+//! Everything here is mounted only on the ops listener, which binds to
+//! loopback by default (seed 004 §3: never expose the ops port to the
+//! network) and is a separate router on a separate socket, so no path of
+//! the public listener reaches it.
+//!
+//! The contract: `/healthz` and `/readyz` answer anyone who can reach the
+//! listener (probes carry no credentials); `/metrics` does too on loopback,
+//! and needs `OPS_CONTROLLER_TOKEN` when the listener is not on loopback
+//! (metrics name tenants and models). Every route under `/ops/` (and the
+//! older `POST /reload/constitution`) needs the token as
+//! `Authorization: Bearer`, compared in constant time; with no token
+//! configured they are refused, never open. Every action is an
+//! `ops_action` audit event in the `_aibox` system tenant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use aibox_core::Secret;
+use aibox_core::keyring::Keyring;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+
+/// The credentials that rotate without a restart: read again from the
+/// environment and `.env` on `SIGHUP` or `POST /ops/reload/keys`.
+pub struct Credentials {
+    /// `AIBOX_PRINCIPAL_KEYS`.
+    pub principal: Keyring,
+    /// `AIBOX_CAPTOKEN_KEYS`.
+    pub captoken: Keyring,
+    /// `OPS_CONTROLLER_TOKEN`, if set and not empty.
+    pub ops_token: Option<Secret>,
+    /// `DASHBOARD_AUTH_TOKEN`, if set and not empty.
+    pub dashboard_token: Option<Secret>,
+    /// `DASHBOARD_PASSWORD` (a plain password or a PHC argon2 hash).
+    pub dashboard_password: Option<Secret>,
+}
+
+/// Where [`Credentials`] come from; the binary reads the environment and
+/// `.env` (and the development keys). The error names the variable and the
+/// fix, never a value.
+pub trait CredentialSource: Send + Sync {
+    /// Reads and validates every rotatable credential.
+    fn load(&self) -> Result<Credentials, String>;
+}
 
 /// Liveness: the process answers.
 pub(crate) async fn healthz() -> &'static str {
@@ -57,20 +96,44 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Prometheus metrics in the OpenMetrics text format.
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// Prometheus metrics: OpenMetrics when the scraper asks for it (as
+/// Prometheus does), else the text format 0.0.4. Needs the ops token when
+/// the ops listener is not on loopback.
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if state.ops_public
+        && let Err(refused) = check_token(&state, &headers)
+    {
+        return *refused;
+    }
     state
         .metrics
         .limiter_fallbacks
         .set(state.limiter.fallbacks());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = state.metrics.encode();
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::to_prometheus_text(&text),
+        )
+            .into_response()
+    }
 }
 
 /// The tenant whose audit log records plane-level events (ops actions,
@@ -79,35 +142,55 @@ pub fn system_tenant() -> aibox_core::TenantId {
     aibox_core::TenantId::new("_aibox").unwrap_or_else(|_| aibox_core::TenantId::default_tenant())
 }
 
-/// Re-reads the constitution and records the ops action. A bad file keeps
-/// the running guardrail and says why.
-pub async fn reload_guardrail(state: &AppState, actor: &str) -> Result<String, String> {
-    let result = state.guardrail.reload().map_err(|e| e.to_string());
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Appends one `ops_action` event to the `_aibox` tenant's log. The action
+/// has already happened (or failed) when this runs; a log that cannot take
+/// the record is reported loudly, and the caller tells the operator.
+pub async fn record_ops_action(
+    state: &AppState,
+    actor: &str,
+    action: &str,
+    target: String,
+    ok: bool,
+) -> Result<(), String> {
     let event = aibox_core::audit::AuditEvent {
         tenant: system_tenant(),
         turn: None,
         request_id: None,
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0),
+        at_ms: now_ms(),
         kind: aibox_core::audit::EventKind::OpsAction {
             actor: actor.to_owned(),
-            action: "reload_constitution".into(),
-            target: state
-                .guardrail
-                .source()
-                .map_or_else(|| "(built-in)".to_owned(), |p| p.display().to_string()),
-            ok: result.is_ok(),
+            action: action.to_owned(),
+            target,
+            ok,
         },
     };
-    if let Err(e) = state
-        .audit
-        .append_turn(&system_tenant(), None, vec![event])
+    state
+        .metrics
+        .time_audit(state.audit.append_turn(&system_tenant(), None, vec![event]))
         .await
-    {
-        tracing::error!(error = %e, "cannot record the constitution reload in the audit log");
-    }
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::error!(error = %e, action, "cannot record an ops action in the audit log");
+            e.to_string()
+        })
+}
+
+/// Re-reads the constitution and records the ops action. A bad file keeps
+/// the running guardrail and says why.
+pub async fn reload_guardrail(state: &AppState, actor: &str) -> Result<String, String> {
+    let result = state.guardrail.reload().map_err(|e| e.to_string());
+    let target = state
+        .guardrail
+        .source()
+        .map_or_else(|| "(built-in)".to_owned(), |p| p.display().to_string());
+    let _ = record_ops_action(state, actor, "reload_constitution", target, result.is_ok()).await;
     match &result {
         Ok(profile) => tracing::info!(actor, profile = %profile, "constitution reloaded"),
         Err(e) => {
@@ -117,34 +200,224 @@ pub async fn reload_guardrail(state: &AppState, actor: &str) -> Result<String, S
     result
 }
 
-/// `POST /reload/constitution` on the ops listener. When
-/// `OPS_CONTROLLER_TOKEN` is set it must be presented as a bearer token.
-pub(crate) async fn reload_constitution(
-    State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    if let Some(token) = &state.ops_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let ok: bool =
-            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes()).into();
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "send OPS_CONTROLLER_TOKEN as `Authorization: Bearer`\n",
-            )
-                .into_response();
+fn describe_ring(ring: &Keyring) -> String {
+    ring.entries()
+        .iter()
+        .map(|e| format!("{}({})", e.id(), e.fingerprint()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn set_or_unset(s: &Option<Secret>) -> &'static str {
+    if s.is_some() { "set" } else { "unset" }
+}
+
+/// Reads the rotatable credentials again and swaps them in: requests in
+/// flight keep the keys they started with, the next ones use the new ones.
+/// A source that cannot be read, or a keyring that does not parse, leaves
+/// everything as it was. The audit record names key ids and fingerprints,
+/// never material. Returns that description.
+pub async fn reload_keys(state: &AppState, actor: &str) -> Result<String, String> {
+    let Some(source) = &state.credentials else {
+        let why = "this gateway was started without a credential source".to_owned();
+        let _ = record_ops_action(state, actor, "reload_keys", why.clone(), false).await;
+        return Err(why);
+    };
+    let creds = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = record_ops_action(state, actor, "reload_keys", e.clone(), false).await;
+            tracing::error!(actor, error = %e, "key reload failed; the previous keys stay");
+            return Err(e);
         }
+    };
+    // Unchanged dashboard credentials keep their sessions (a SIGHUP for the
+    // constitution must not log everybody out); changed ones are validated
+    // before anything is swapped.
+    let current = state.dashboard.current();
+    let (token, password) = (
+        creds.dashboard_token.clone(),
+        creds.dashboard_password.clone(),
+    );
+    let unchanged = tokio::task::spawn_blocking(move || {
+        current.same_credentials(token.as_ref(), password.as_ref())
+    })
+    .await
+    .unwrap_or(false);
+    let dashboard = if unchanged {
+        None
+    } else {
+        match crate::dashboard::DashboardAuth::new(
+            creds.dashboard_token.clone(),
+            creds.dashboard_password.as_ref(),
+        ) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let e = e.to_string();
+                let _ = record_ops_action(state, actor, "reload_keys", e.clone(), false).await;
+                tracing::error!(actor, error = %e, "key reload failed; the previous keys stay");
+                return Err(e);
+            }
+        }
+    };
+    let target = format!(
+        "principal={} captoken={} ops_token={} dashboard_token={} dashboard_password={} dashboard_sessions={}",
+        describe_ring(&creds.principal),
+        describe_ring(&creds.captoken),
+        set_or_unset(&creds.ops_token),
+        set_or_unset(&creds.dashboard_token),
+        set_or_unset(&creds.dashboard_password),
+        if dashboard.is_some() { "ended" } else { "kept" },
+    );
+    state.set_signing_keys(&creds.principal, &creds.captoken);
+    if let Some(mcp) = &state.mcp {
+        mcp.replace_captoken_verifier(
+            aibox_identity::CapTokenVerifier::new(&creds.captoken)
+                .also_accepting(state.config.routes.iter().map(|r| r.audience.clone())),
+        );
     }
+    state.ops_token.store(creds.ops_token.map(Arc::new));
+    if let Some(d) = dashboard {
+        state.dashboard.replace(d);
+    }
+    let _ = record_ops_action(state, actor, "reload_keys", target.clone(), true).await;
+    tracing::info!(actor, keys = %target, "keys and tokens reloaded");
+    Ok(target)
+}
+
+/// Checks `Authorization: Bearer OPS_CONTROLLER_TOKEN` in constant time.
+/// With no token configured every caller is refused: the actions are never
+/// open, whatever the listener's address.
+fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let current = state.ops_token.load_full();
+    let Some(token) = current.as_deref() else {
+        return Err(Box::new((
+            StatusCode::FORBIDDEN,
+            "ops actions are disabled: OPS_CONTROLLER_TOKEN is not set; fix: set it in the environment or .env \
+             (aibox bootstrap writes one), then send SIGHUP or restart\n",
+        )
+            .into_response()));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok: bool =
+        subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes()).into();
+    if ok {
+        return Ok(());
+    }
+    state.metrics.ops_auth_failures.inc();
+    tracing::warn!("ops API: request refused, missing or wrong OPS_CONTROLLER_TOKEN");
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        "send OPS_CONTROLLER_TOKEN as `Authorization: Bearer`\n",
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(Box::new(resp))
+}
+
+/// The middleware in front of every ops action.
+pub(crate) async fn require_token(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Err(refused) = check_token(&state, req.headers()) {
+        return *refused;
+    }
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, body).into_response()
+}
+
+/// `POST /ops/reload/constitution` (and `POST /reload/constitution`).
+pub(crate) async fn reload_constitution(State(state): State<Arc<AppState>>) -> Response {
     match reload_guardrail(&state, "ops_api").await {
-        Ok(profile) => (StatusCode::OK, format!("reloaded; profile {profile}\n")).into_response(),
-        Err(e) => (
+        Ok(profile) => text(StatusCode::OK, format!("reloaded; profile {profile}\n")),
+        Err(e) => text(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("not reloaded: {e}\n"),
-        )
-            .into_response(),
+        ),
+    }
+}
+
+/// `POST /ops/reload/keys`.
+pub(crate) async fn reload_keys_handler(State(state): State<Arc<AppState>>) -> Response {
+    match reload_keys(&state, "ops_api").await {
+        Ok(keys) => text(StatusCode::OK, format!("reloaded; {keys}\n")),
+        Err(e) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not reloaded, the previous keys stay: {e}\n"),
+        ),
+    }
+}
+
+/// `GET /ops/health`: every upstream probed now, every MCP server's state.
+/// Reading health is not an action and is not audited.
+pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (upstreams, mcp) = tokio::join!(state.router.probe_upstreams(), async {
+        match &state.mcp {
+            Some(m) => m.overview(Duration::from_secs(2)).await,
+            None => Vec::new(),
+        }
+    });
+    let ok = upstreams.iter().all(|u| u.ok)
+        && mcp
+            .iter()
+            .all(|s| s.health.state == aibox_mcp::HealthState::Ready);
+    axum::Json(serde_json::json!({
+        "ok": ok,
+        "upstreams": upstreams,
+        "mcp_servers": mcp,
+    }))
+    .into_response()
+}
+
+/// `POST /ops/mcp/{server}/restart`.
+pub(crate) async fn restart_mcp(
+    State(state): State<Arc<AppState>>,
+    Path(server): Path<String>,
+) -> Response {
+    let result = match &state.mcp {
+        Some(m) => m.restart_server(&server),
+        None => Err("the MCP gateway is not running".to_owned()),
+    };
+    let target = match &result {
+        Ok(done) => format!("{server}: {done}"),
+        Err(why) => format!("{server}: {why}"),
+    };
+    let _ = record_ops_action(
+        &state,
+        "ops_api",
+        "restart_mcp_server",
+        target,
+        result.is_ok(),
+    )
+    .await;
+    match result {
+        Ok(done) => {
+            tracing::info!(server = %server, "MCP server restarted by the ops API");
+            text(StatusCode::OK, format!("restarting {server}: {done}\n"))
+        }
+        Err(why) => text(StatusCode::NOT_FOUND, format!("not restarted: {why}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_tenant_is_a_valid_reserved_id() {
+        assert_eq!(system_tenant().as_str(), "_aibox");
     }
 }

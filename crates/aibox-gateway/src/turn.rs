@@ -167,7 +167,8 @@ pub(crate) async fn record(
     status: TurnStatus,
 ) -> Result<(), ApiError> {
     let (tenant, turn_id, events) = turn.end(status);
-    st.audit.append_turn(&tenant, Some(turn_id), events).await.map(|_| ()).map_err(|e| {
+    st.metrics.observe_verdicts(&events);
+    st.metrics.time_audit(st.audit.append_turn(&tenant, Some(turn_id), events)).await.map(|_| ()).map_err(|e| {
         tracing::error!(error = %e, "cannot append the turn to the audit log; failing the request closed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -262,7 +262,7 @@ pub struct McpGateway {
     servers: Vec<Server>,
     pub(crate) origin: OriginPolicy,
     pub(crate) sessions: SessionStore,
-    verifier: CapTokenVerifier,
+    verifier: arc_swap::ArcSwap<CapTokenVerifier>,
     audit: Arc<dyn ToolAudit>,
     guard: Arc<dyn ToolGuard>,
 }
@@ -275,6 +275,21 @@ impl std::fmt::Debug for McpGateway {
             .field("require_captoken", &self.settings.require_captoken)
             .finish_non_exhaustive()
     }
+}
+
+/// One server as the ops API and the dashboard show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerOverview {
+    /// Its health (name, transport, state, restarts, ...).
+    pub health: ServerHealth,
+    /// The client selectors that may use it.
+    pub allow_clients: Vec<String>,
+    /// The tool allow-list; `None` allows every tool not denied.
+    pub allow_tools: Option<Vec<String>>,
+    /// The tool deny-list (always wins).
+    pub deny_tools: Vec<String>,
+    /// The tools it offers now (its own names, before namespacing).
+    pub tools: Vec<String>,
 }
 
 /// Who is calling, from the HTTP layer.
@@ -467,7 +482,7 @@ impl McpGateway {
             servers,
             origin,
             sessions: SessionStore::default(),
-            verifier,
+            verifier: arc_swap::ArcSwap::from_pointee(verifier),
             audit: deps.audit,
             guard: deps.guard,
         }))
@@ -482,6 +497,64 @@ impl McpGateway {
     pub async fn shutdown(&self) {
         futures_util::future::join_all(self.servers.iter().map(|s| s.upstream.shutdown())).await;
         tracing::info!("MCP servers stopped");
+    }
+
+    /// Replaces the CapToken verifier after `AIBOX_CAPTOKEN_KEYS` was
+    /// rotated (the ops API or SIGHUP). Calls already past their check
+    /// keep the verdict they had; the gateway's audience is applied here.
+    pub fn replace_captoken_verifier(&self, verifier: CapTokenVerifier) {
+        self.verifier.store(Arc::new(
+            verifier.with_audience(self.settings.captoken_audience.clone()),
+        ));
+    }
+
+    /// Restarts one server on an operator's request; `Ok` says what was
+    /// done. Unknown names and servers without a process are errors.
+    pub fn restart_server(&self, name: &str) -> Result<String, String> {
+        let server = self.server(name).ok_or_else(|| {
+            format!(
+                "no enabled MCP server is called '{}'",
+                crate::names::printable(name)
+            )
+        })?;
+        server.upstream.restart()
+    }
+
+    /// Every enabled server with its health, its policy (client selectors,
+    /// tool allow and deny lists) and the tools it offers now, for the ops
+    /// API and the dashboard. A server that does not list its tools within
+    /// `wait` is shown without them.
+    pub async fn overview(&self, wait: Duration) -> Vec<ServerOverview> {
+        futures_util::future::join_all(self.servers.iter().map(|s| async move {
+            let tools = match tokio::time::timeout(wait, s.upstream.tools()).await {
+                Ok(Ok(t)) => t.iter().map(|t| t.name.clone()).collect(),
+                _ => Vec::new(),
+            };
+            ServerOverview {
+                health: s.upstream.health(),
+                allow_clients: s
+                    .spec
+                    .allow_clients
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect(),
+                allow_tools: s
+                    .spec
+                    .tools
+                    .allow
+                    .as_ref()
+                    .map(|a| a.iter().map(|p| p.as_str().to_owned()).collect()),
+                deny_tools: s
+                    .spec
+                    .tools
+                    .deny
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+                tools,
+            }
+        }))
+        .await
     }
 
     /// The settings in force.
@@ -501,6 +574,7 @@ impl McpGateway {
     ) -> Result<CapTokenClaims, Denial> {
         let claims = self
             .verifier
+            .load()
             .verify(token, None, op, SystemTime::now())
             .map_err(|e| match e {
                 VerifyError::OpNotAllowed { .. } => {

@@ -56,7 +56,7 @@ pub mod sse;
 pub mod stdio;
 pub mod upstream;
 
-pub use gateway::{CallContext, McpDeps, McpError, McpGateway, McpSettings};
+pub use gateway::{CallContext, McpDeps, McpError, McpGateway, McpSettings, ServerOverview};
 pub use http::{MCP_PATH, PresentedCapToken, router};
 pub use seams::{
     BoxFuture, EnvSecrets, FetchRefused, Fetched, GuardOutcome, HttpEgress, MemoryAudit, NoGuard,

@@ -1007,6 +1007,29 @@ impl Upstream for StdioServer {
         }
     }
 
+    fn restart(&self) -> Result<String, String> {
+        // The supervisor sees the process group end and starts a new
+        // process, recording both in the audit log as for any exit.
+        let pid = self
+            .inner
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.pid)
+            .ok_or_else(|| {
+                "the server has no running process now (starting or restarting)".to_owned()
+            })?;
+        let group = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| format!("pid {pid} is out of range"))?;
+        rustix::process::kill_process_group(group, rustix::process::Signal::TERM)
+            .map_err(|e| format!("cannot signal process group {pid}: {e}"))?;
+        Ok(format!(
+            "pid={pid} terminated; the supervisor starts a new process"
+        ))
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.inner.stop.send(true);

@@ -96,6 +96,14 @@ pub trait Upstream: Send + Sync {
     fn health(&self) -> ServerHealth;
     /// Stops it (kills processes); later calls fail.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// Restarts it on an operator's request (the ops API). Transports
+    /// without a process of their own have nothing to restart and say so.
+    fn restart(&self) -> Result<String, String> {
+        Err(format!(
+            "a {} server has no process of its own to restart",
+            self.health().transport
+        ))
+    }
 }
 
 /// Keeps the tools of a `tools/list` answer that aibox can expose: a name

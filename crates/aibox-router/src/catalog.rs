@@ -211,7 +211,7 @@ impl Catalog {
     }
 }
 
-async fn fetch_models(up: &Upstream) -> Result<Vec<(String, u64)>, AttemptFailure> {
+pub(crate) async fn fetch_models(up: &Upstream) -> Result<Vec<(String, u64)>, AttemptFailure> {
     #[derive(serde::Deserialize)]
     struct List {
         data: Vec<Entry>,

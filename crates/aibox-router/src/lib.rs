@@ -147,6 +147,21 @@ pub enum Routed {
     },
 }
 
+/// One upstream's answer to a health probe.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamHealth {
+    /// The configured name.
+    pub name: String,
+    /// Whether it answered with a model list.
+    pub ok: bool,
+    /// How many models it listed.
+    pub models: usize,
+    /// Why not, without secrets.
+    pub error: Option<String>,
+    /// How long it took.
+    pub latency_ms: u64,
+}
+
 /// The router. Cheap to share behind an `Arc`.
 pub struct Router {
     upstreams: Vec<Upstream>,
@@ -225,6 +240,24 @@ impl Router {
             catalog: catalog::Catalog::new(cfg),
             upstreams,
         }))
+    }
+
+    /// Asks every upstream for its model list (`GET /models`, with its
+    /// credentials and first-byte timeout), concurrently: the ops API's
+    /// upstream health. Nothing is cached or routed by it.
+    pub async fn probe_upstreams(&self) -> Vec<UpstreamHealth> {
+        futures_util::future::join_all(self.upstreams.iter().map(|up| async move {
+            let started = std::time::Instant::now();
+            let result = catalog::fetch_models(up).await;
+            UpstreamHealth {
+                name: up.name.clone(),
+                ok: result.is_ok(),
+                models: result.as_ref().map_or(0, Vec::len),
+                error: result.err().map(|f| f.reason),
+                latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }
+        }))
+        .await
     }
 
     /// Lists the models a client may ask for.

@@ -12,6 +12,7 @@ mod envfile;
 mod guardrail_cmd;
 mod keys;
 mod serve;
+mod telemetry;
 mod vaultkeys;
 
 use std::path::PathBuf;

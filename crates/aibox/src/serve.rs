@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aibox_config::{Config, DatabaseUrl, LogFormat};
+use aibox_config::{Config, DatabaseUrl};
 use aibox_gateway::{AppState, SigningKeys};
 use aibox_identity::{KeyringKind, load_keyring};
 use aibox_limits::Limiter;
@@ -33,7 +33,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut env = crate::environment()?;
     let cfg = aibox_config::load(args.config.as_deref(), &env)?;
-    init_logging(&cfg)?;
+    let telemetry = crate::telemetry::init(&cfg)?;
     check_exposure(&cfg, args.danger_allow_unauthenticated_public_bind)?;
 
     create_private_dir(&cfg.server.data_dir)?;
@@ -91,31 +91,100 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "guardrail: no constitution file (AIBOX_CONSTITUTION); the built-in standard profile scans every turn"
         ),
     }
-    let ops_token = env
-        .get("OPS_CONTROLLER_TOKEN")
-        .filter(|t| !t.is_empty())
-        .map(|t| aibox_core::Secret::new(t.clone()));
-    runtime.block_on(serve(
-        cfg, keys, audit_key, mcp, guardrail, ops_token, started,
-    ))
+    let credentials = Arc::new(EnvCredentials {
+        data_dir: cfg.server.data_dir.clone(),
+    });
+    let creds = credentials.load_from(env)?;
+    check_ops_exposure(&cfg, creds.ops_token.is_some())?;
+    let result = runtime.block_on(serve(
+        cfg,
+        keys,
+        audit_key,
+        mcp,
+        guardrail,
+        (credentials, creds),
+        started,
+    ));
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }
 
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level).with_context(|| {
-        format!(
-            "log.level '{}' is not a valid filter; fix: use e.g. info, debug or aibox_router=debug,info (log.level or AIBOX_LOG_LEVEL)",
-            cfg.log.level
-        )
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+/// Refuses a non-loopback dashboard without a credential (seed 004 §4).
+fn check_dashboard_exposure(cfg: &Config, has_auth: bool) -> anyhow::Result<()> {
+    if !cfg.dashboard.listen.ip().is_loopback() && !has_auth {
+        bail!(
+            "dashboard.listen is {} (not loopback) and neither DASHBOARD_AUTH_TOKEN nor DASHBOARD_PASSWORD is set, \
+             so anyone who can reach it could try to use it; fix: set one of them (aibox bootstrap writes \
+             DASHBOARD_AUTH_TOKEN), or bind 127.0.0.1 (dashboard.listen or AIBOX_DASHBOARD_LISTEN)",
+            cfg.dashboard.listen
+        );
+    }
+    Ok(())
+}
+
+/// The doctor as the dashboard runs it: the deployment directory and `.env`
+/// of the working directory, this gateway's config and data directory,
+/// offline checks only.
+fn doctor_seam(cfg: &Config) -> aibox_gateway::dashboard::DoctorFn {
+    let args = crate::doctor::DoctorArgs {
+        env_files: Vec::new(),
+        config: cfg.source.clone(),
+        deploy_dir: std::path::PathBuf::from("deploy"),
+        compose: None,
+        realm: None,
+        data_dir: cfg.server.data_dir.clone(),
+        online: false,
+        // The host probe starts a launcher process; the dashboard's doctor
+        // stays with the offline file checks.
+        sandbox: false,
+        format: crate::doctor::Format::Json,
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    Arc::new(move || crate::doctor::json_report(&args).map_err(|e| format!("{e:#}")))
+}
+
+/// The rotatable credentials, read from the environment and `.env` (the
+/// environment wins, as at start-up: a variable set in aibox's environment
+/// rotates only with a restart, one in `.env` on SIGHUP) and the
+/// development keys.
+struct EnvCredentials {
+    data_dir: std::path::PathBuf,
+}
+
+impl EnvCredentials {
+    fn load_from(
+        &self,
+        mut env: aibox_config::env::Env,
+    ) -> anyhow::Result<aibox_gateway::ops::Credentials> {
+        use aibox_config::env as names;
+        crate::devkeys::ensure(&self.data_dir, &mut env)?;
+        let secret = |name: &str| {
+            env.get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| aibox_core::Secret::new(v.clone()))
+        };
+        Ok(aibox_gateway::ops::Credentials {
+            principal: load_keyring(
+                KeyringKind::Principal,
+                env.get(names::AIBOX_PRINCIPAL_KEYS).map(String::as_str),
+            )?,
+            captoken: load_keyring(
+                KeyringKind::CapToken,
+                env.get(names::AIBOX_CAPTOKEN_KEYS).map(String::as_str),
+            )?,
+            ops_token: secret(names::OPS_CONTROLLER_TOKEN),
+            dashboard_token: secret(names::DASHBOARD_AUTH_TOKEN),
+            dashboard_password: secret(names::DASHBOARD_PASSWORD),
+        })
+    }
+}
+
+impl aibox_gateway::ops::CredentialSource for EnvCredentials {
+    fn load(&self) -> Result<aibox_gateway::ops::Credentials, String> {
+        crate::environment()
+            .and_then(|env| self.load_from(env))
+            .map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// Refuses configurations that would expose an unauthenticated gateway or
@@ -128,13 +197,29 @@ fn check_exposure(cfg: &Config, danger: bool) -> anyhow::Result<()> {
             cfg.server.listen
         );
     }
-    if !cfg.server.ops_listen.ip().is_loopback() {
+    Ok(())
+}
+
+/// Refuses a non-loopback ops listener without `OPS_CONTROLLER_TOKEN`, and
+/// warns about one with it (seed 004 §3: never expose it unless behind a
+/// VPN or firewall).
+fn check_ops_exposure(cfg: &Config, has_token: bool) -> anyhow::Result<()> {
+    if cfg.server.ops_listen.ip().is_loopback() {
+        return Ok(());
+    }
+    if !has_token {
         bail!(
-            "server.ops_listen is {} (not loopback); the ops listener must never be exposed (seed 004 §3); fix: bind \
-             127.0.0.1 and reach it through an SSH tunnel",
+            "server.ops_listen is {} (not loopback) and OPS_CONTROLLER_TOKEN is not set; the ops listener must never be \
+             exposed unauthenticated (seed 004 §3); fix: bind 127.0.0.1 (server.ops_listen or AIBOX_OPS_LISTEN) and \
+             reach it through an SSH tunnel, or set OPS_CONTROLLER_TOKEN",
             cfg.server.ops_listen
         );
     }
+    tracing::warn!(
+        ops_listen = %cfg.server.ops_listen,
+        "the ops listener is not on loopback: every request but /healthz and /readyz needs OPS_CONTROLLER_TOKEN; \
+         keep it behind a VPN or firewall (seed 004 §3)"
+    );
     Ok(())
 }
 
@@ -162,7 +247,7 @@ async fn serve(
     audit_key: aibox_core::Secret,
     mcp: aibox_gateway::mcp::McpPrepared,
     guardrail: Arc<aibox_gateway::guard::GuardrailHandle>,
-    ops_token: Option<aibox_core::Secret>,
+    (credentials, creds): (Arc<EnvCredentials>, aibox_gateway::ops::Credentials),
     started: Instant,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -224,7 +309,16 @@ async fn serve(
         guardrail.clone(),
     )?;
     state.mcp = Some(mcp.clone());
-    state.ops_token = ops_token;
+    state.ops_token = arc_swap::ArcSwapOption::from_pointee(creds.ops_token);
+    state.ops_public = !cfg.server.ops_listen.ip().is_loopback();
+    state
+        .dashboard
+        .replace(aibox_gateway::dashboard::DashboardAuth::new(
+            creds.dashboard_token,
+            creds.dashboard_password.as_ref(),
+        )?);
+    state.credentials = Some(credentials);
+    state.doctor = Some(doctor_seam(&cfg));
     let state = Arc::new(state);
     state.auth.preload().await;
 
@@ -236,6 +330,18 @@ async fn serve(
     .await?;
     let main_addr = main_listener.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
+    let dashboard_listener = if cfg.dashboard.enabled {
+        check_dashboard_exposure(&cfg, state.dashboard.current().enabled())?;
+        Some(
+            bind(
+                cfg.dashboard.listen,
+                "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -249,9 +355,28 @@ async fn serve(
     let main_srv = axum::serve(main_listener, aibox_gateway::main_router(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let ops_srv = axum::serve(ops_listener, aibox_gateway::ops_router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx));
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let mut main_task = tokio::spawn(async move { main_srv.await });
     let mut ops_task = tokio::spawn(async move { ops_srv.await });
+    let mut dashboard_task = match dashboard_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let srv = axum::serve(l, aibox_gateway::dashboard::router(state.clone(), addr))
+                .with_graceful_shutdown(stopped(stop_rx.clone()));
+            if !state.dashboard.current().enabled() {
+                tracing::warn!(
+                    "the dashboard has no credential: nobody can log in until DASHBOARD_AUTH_TOKEN or \
+                     DASHBOARD_PASSWORD is set (in .env, then SIGHUP)"
+                );
+            }
+            // A separate line, so that scripts matching the listening line
+            // of the two core listeners keep working.
+            println!("aibox dashboard listening {addr}");
+            tracing::info!(dashboard = %addr, "dashboard is serving");
+            tokio::spawn(async move { srv.await })
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
 
     tracing::info!(
         main = %main_addr,
@@ -261,7 +386,8 @@ async fn serve(
         startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "aibox is serving"
     );
-    // SIGHUP re-reads the constitution; requests in flight keep theirs.
+    // SIGHUP re-reads the constitution, the keyrings and the tokens;
+    // requests in flight keep theirs.
     {
         let state = state.clone();
         tokio::spawn(async move {
@@ -271,6 +397,7 @@ async fn serve(
             };
             while hup.recv().await.is_some() {
                 let _ = aibox_gateway::ops::reload_guardrail(&state, "sighup").await;
+                let _ = aibox_gateway::ops::reload_keys(&state, "sighup").await;
             }
         });
     }
@@ -281,6 +408,7 @@ async fn serve(
         sig = shutdown_signal() => tracing::info!(signal = sig, "shutting down: no new connections; draining in-flight requests and streams"),
         r = &mut main_task => bail!("the main listener stopped unexpectedly: {r:?}"),
         r = &mut ops_task => bail!("the ops listener stopped unexpectedly: {r:?}"),
+        r = &mut dashboard_task => bail!("the dashboard listener stopped unexpectedly: {r:?}"),
     }
     let _ = stop_tx.send(true);
     let grace = cfg.server.shutdown_grace;
@@ -297,6 +425,7 @@ async fn serve(
         main_task.abort();
         ops_task.abort();
     }
+    dashboard_task.abort();
     mcp.shutdown().await;
     store
         .flush()

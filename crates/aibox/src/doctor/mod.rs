@@ -146,6 +146,11 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// Runs every check and returns the JSON report (for the dashboard).
+pub fn json_report(args: &DoctorArgs) -> anyhow::Result<serde_json::Value> {
+    Ok(report::json(&diagnose(args)?))
+}
+
 /// Runs every check and returns the findings, most severe first.
 pub fn diagnose(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     let mut out = Vec::new();
