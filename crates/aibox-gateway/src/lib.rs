@@ -263,12 +263,22 @@ pub fn main_router(state: Arc<AppState>) -> Router {
         .fallback(openai::not_found)
         .method_not_allowed_fallback(openai::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // A client that stops sending its body (after `Expect:
+        // 100-continue`, or mid-upload) gets an error instead of holding the
+        // request forever; the timeout restarts with every frame received.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_IDLE_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             edge::edge,
         ))
         .with_state(state)
 }
+
+/// The longest pause between two frames of a request body on the main
+/// listener.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The ops router, for the ops listener only. Probes and metrics are open
 /// (metrics need the token on a non-loopback listener); every action needs

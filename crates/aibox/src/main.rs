@@ -11,6 +11,7 @@ mod egress_cmd;
 mod envfile;
 mod guardrail_cmd;
 mod keys;
+mod listen;
 mod serve;
 mod telemetry;
 mod vaultkeys;

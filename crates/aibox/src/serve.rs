@@ -11,7 +11,6 @@ use aibox_identity::{KeyringKind, load_keyring};
 use aibox_limits::Limiter;
 use aibox_store::Store;
 use anyhow::{Context as _, bail};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -349,20 +348,29 @@ async fn serve(
     };
     // Without TCP_NODELAY, small SSE events wait for the client's delayed
     // ACK (Nagle): about 40 ms per event on a reused connection.
-    let main_listener = main_listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let main_srv = axum::serve(main_listener, aibox_gateway::main_router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let ops_srv = axum::serve(ops_listener, aibox_gateway::ops_router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let mut main_task = tokio::spawn(async move { main_srv.await });
-    let mut ops_task = tokio::spawn(async move { ops_srv.await });
+    let main_srv = crate::listen::serve(
+        main_listener,
+        aibox_gateway::main_router(state.clone()),
+        true,
+        stopped(stop_rx.clone()),
+    );
+    let ops_srv = crate::listen::serve(
+        ops_listener,
+        aibox_gateway::ops_router(state.clone()),
+        false,
+        stopped(stop_rx.clone()),
+    );
+    let mut main_task = tokio::spawn(main_srv);
+    let mut ops_task = tokio::spawn(ops_srv);
     let mut dashboard_task = match dashboard_listener {
         Some(l) => {
             let addr = l.local_addr()?;
-            let srv = axum::serve(l, aibox_gateway::dashboard::router(state.clone(), addr))
-                .with_graceful_shutdown(stopped(stop_rx.clone()));
+            let srv = crate::listen::serve(
+                l,
+                aibox_gateway::dashboard::router(state.clone(), addr),
+                false,
+                stopped(stop_rx.clone()),
+            );
             if !state.dashboard.current().enabled() {
                 tracing::warn!(
                     "the dashboard has no credential: nobody can log in until DASHBOARD_AUTH_TOKEN or \
@@ -373,7 +381,7 @@ async fn serve(
             // of the two core listeners keep working.
             println!("aibox dashboard listening {addr}");
             tracing::info!(dashboard = %addr, "dashboard is serving");
-            tokio::spawn(async move { srv.await })
+            tokio::spawn(srv)
         }
         None => tokio::spawn(std::future::pending()),
     };
