@@ -75,55 +75,9 @@ pub const DEFAULT_DENY: &[&str] = &[
     RAW_SOCKETS,
 ];
 
-/// Every syscall a profile may name: the default list plus a few more an
-/// operator may want to deny.
-pub const KNOWN_NAMES: &[&str] = &[
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "pidfd_getfd",
-    "mount",
-    "umount2",
-    "pivot_root",
-    "move_mount",
-    "open_tree",
-    "fsopen",
-    "fsconfig",
-    "fsmount",
-    "fspick",
-    "mount_setattr",
-    "bpf",
-    "perf_event_open",
-    "userfaultfd",
-    "kexec_load",
-    "kexec_file_load",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "reboot",
-    "swapon",
-    "swapoff",
-    "acct",
-    "quotactl",
-    "syslog",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "adjtimex",
-    "vhangup",
-    "unshare",
-    "setns",
-    CLONE_NAMESPACES,
-    "keyctl",
-    "add_key",
-    "request_key",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "fanotify_init",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-    RAW_SOCKETS,
+/// Syscalls off the default list that an operator may add to a profile's
+/// `seccomp_deny`.
+pub const EXTRA_DENYABLE: &[&str] = &[
     "chroot",
     "personality",
     "memfd_create",
@@ -135,9 +89,14 @@ pub const KNOWN_NAMES: &[&str] = &[
     "move_pages",
 ];
 
+/// Every syscall a profile may name: the default list, then the extras.
+pub fn known_names() -> impl Iterator<Item = &'static str> {
+    DEFAULT_DENY.iter().chain(EXTRA_DENYABLE).copied()
+}
+
 /// Whether `name` may appear in a profile.
 pub fn known(name: &str) -> bool {
-    KNOWN_NAMES.contains(&name)
+    known_names().any(|n| n == name)
 }
 
 /// The syscall number of a real syscall name (pseudo-names have none).
@@ -204,9 +163,7 @@ fn number(name: &str) -> Option<i64> {
 
 /// The name of a syscall number on the deny-list's table.
 pub fn name_of(number_: i64) -> Option<&'static str> {
-    KNOWN_NAMES
-        .iter()
-        .copied()
+    known_names()
         .find(|n| number(n) == Some(number_))
         .or(match number_ {
             libc::SYS_socket => Some("socket"),
@@ -219,7 +176,7 @@ pub fn name_of(number_: i64) -> Option<&'static str> {
 /// A filter problem (an unknown name, or the compiler refusing).
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    /// A name not in [`KNOWN_NAMES`].
+    /// A name not in [`known_names`].
     #[error("unknown syscall '{0}' in the deny-list")]
     Unknown(String),
     /// `seccompiler` refused the filter or the architecture.
@@ -332,9 +289,9 @@ mod tests {
 
     #[test]
     fn every_known_name_has_a_number_or_is_a_pseudo_syscall() {
-        for name in KNOWN_NAMES {
+        for name in known_names() {
             assert!(
-                number(name).is_some() || [RAW_SOCKETS, CLONE_NAMESPACES].contains(name),
+                number(name).is_some() || [RAW_SOCKETS, CLONE_NAMESPACES].contains(&name),
                 "{name} has no syscall number"
             );
         }
