@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::seams::{BoxFuture, HttpEgress};
-use crate::upstream::{CallError, HealthState, ServerHealth, ToolInfo, Upstream};
+use crate::upstream::{CallError, ServerHealth, ToolInfo, Upstream};
 
 /// The registry name of the built-in fetch server.
 pub const FETCH_SERVER: &str = "fetch";
@@ -215,17 +215,7 @@ impl Upstream for FetchServer {
     }
 
     fn health(&self) -> ServerHealth {
-        ServerHealth {
-            name: FETCH_SERVER.to_owned(),
-            transport: "builtin",
-            state: HealthState::Ready,
-            pid: None,
-            restarts: 0,
-            consecutive_failures: 0,
-            last_error: None,
-            tools: self.tools.len(),
-            next_attempt_in_ms: None,
-        }
+        ServerHealth::builtin(FETCH_SERVER, self.tools.len())
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -31,7 +31,7 @@ use cap_std::fs::Dir;
 use serde_json::{Value, json};
 
 use crate::seams::BoxFuture;
-use crate::upstream::{CallError, HealthState, ServerHealth, ToolInfo, Upstream};
+use crate::upstream::{CallError, ServerHealth, ToolInfo, Upstream};
 
 /// The variable that enables the filesystem server.
 pub const FILESYSTEM_ROOT_ENV: &str = "FILESYSTEM_ROOT";
@@ -356,17 +356,7 @@ impl Upstream for FsServer {
     }
 
     fn health(&self) -> ServerHealth {
-        ServerHealth {
-            name: crate::registry::FILESYSTEM_SERVER.to_owned(),
-            transport: "builtin",
-            state: HealthState::Ready,
-            pid: None,
-            restarts: 0,
-            consecutive_failures: 0,
-            last_error: None,
-            tools: self.tools.len(),
-            next_attempt_in_ms: None,
-        }
+        ServerHealth::builtin(crate::registry::FILESYSTEM_SERVER, self.tools.len())
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

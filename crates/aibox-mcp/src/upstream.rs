@@ -81,6 +81,23 @@ pub struct ServerHealth {
     pub next_attempt_in_ms: Option<u64>,
 }
 
+impl ServerHealth {
+    /// A server built into aibox: always ready, no process, no restarts.
+    pub fn builtin(name: &str, tools: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            transport: "builtin",
+            state: HealthState::Ready,
+            pid: None,
+            restarts: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            tools,
+            next_attempt_in_ms: None,
+        }
+    }
+}
+
 /// A tool server.
 pub trait Upstream: Send + Sync {
     /// Its tools (cached; refreshed as the transport allows).

@@ -222,7 +222,10 @@ impl RawProfile {
                 return Err(ProfileError {
                     key: "seccomp_deny",
                     problem: format!("unknown syscall '{}'", printable(&name)),
-                    fix: format!("use one of: {}", seccomp::known_names().collect::<Vec<_>>().join(", ")),
+                    fix: format!(
+                        "use one of: {}",
+                        seccomp::known_names().collect::<Vec<_>>().join(", ")
+                    ),
                 });
             }
             deny.insert(name);
