@@ -617,6 +617,30 @@ fn sse_text(endpoint: Endpoint, sse: &[u8]) -> String {
     text
 }
 
+/// One SSE event carrying `text` as choice `index`, in the envelope of the
+/// upstream's chunks (`id`, `model`, ...); `finish` sets `finish_reason`
+/// (and, for chat, the assistant role).
+fn text_event(
+    endpoint: Endpoint,
+    template: Option<Map<String, Value>>,
+    index: usize,
+    text: &str,
+    finish: Option<&str>,
+) -> String {
+    let mut chunk = template.unwrap_or_default();
+    let choice = match (endpoint, finish) {
+        (Endpoint::ChatCompletions, Some(f)) => serde_json::json!({
+            "index": index, "delta": {"role": "assistant", "content": text}, "finish_reason": f
+        }),
+        (Endpoint::ChatCompletions, None) => serde_json::json!({
+            "index": index, "delta": {"content": text}, "finish_reason": null
+        }),
+        (_, f) => serde_json::json!({"index": index, "text": text, "finish_reason": f}),
+    };
+    chunk.insert("choices".into(), Value::Array(vec![choice]));
+    format!("data: {}\n\n", Value::Object(chunk))
+}
+
 /// The SSE bytes that end a stream whose answer the judge revised: one
 /// chunk with the revision, then `[DONE]`.
 pub(crate) fn revision_stream(
@@ -624,18 +648,9 @@ pub(crate) fn revision_stream(
     template: Option<Map<String, Value>>,
     revision: &str,
 ) -> Bytes {
-    let mut chunk = template.unwrap_or_default();
-    let choice = match endpoint {
-        Endpoint::ChatCompletions => serde_json::json!({
-            "index": 0, "delta": {"role": "assistant", "content": revision}, "finish_reason": "stop"
-        }),
-        _ => serde_json::json!({"index": 0, "text": revision, "finish_reason": "stop"}),
-    };
-    chunk.insert("choices".into(), Value::Array(vec![choice]));
-    Bytes::from(format!(
-        "data: {}\n\ndata: [DONE]\n\n",
-        Value::Object(chunk)
-    ))
+    let mut out = text_event(endpoint, template, 0, revision, Some("stop"));
+    out.push_str("data: [DONE]\n\n");
+    Bytes::from(out)
 }
 
 impl StreamGuard {
@@ -758,15 +773,8 @@ impl StreamGuard {
             if tail.is_empty() {
                 continue;
             }
-            let mut chunk = self.template.clone().unwrap_or_default();
-            let choice = match self.endpoint {
-                Endpoint::ChatCompletions => serde_json::json!({
-                    "index": i, "delta": {"content": tail}, "finish_reason": null
-                }),
-                _ => serde_json::json!({"index": i, "text": tail, "finish_reason": null}),
-            };
-            chunk.insert("choices".into(), Value::Array(vec![choice]));
-            out.extend_from_slice(format!("data: {}\n\n", Value::Object(chunk)).as_bytes());
+            let ev = text_event(self.endpoint, self.template.clone(), i, &tail, None);
+            out.extend_from_slice(ev.as_bytes());
         }
         self.record();
         Ok(out)
