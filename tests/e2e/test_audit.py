@@ -98,6 +98,19 @@ def test_admin_verify_detects_a_tampered_row(cluster, tmp_path):
     good = gw.http().get("/v1/admin/audit/verify", params={"tenant_id": "default"}, headers=admin)
     assert good.status_code == 200, good.text
     assert good.json()["ok"] is True
+    assert good.json()["signatures"] == "all"
+    # Issue 4: the head-only signature check is asked for by name, checks
+    # fewer signatures, and an unknown mode is a 400 naming the parameter.
+    fast = gw.http().get(
+        "/v1/admin/audit/verify", params={"tenant_id": "default", "signatures": "head"}, headers=admin
+    )
+    assert fast.status_code == 200, fast.text
+    assert fast.json()["ok"] is True and fast.json()["signatures"] == "head", fast.json()
+    assert fast.json()["signatures_checked"] < good.json()["signatures_checked"], (fast.json(), good.json())
+    wrong = gw.http().get(
+        "/v1/admin/audit/verify", params={"tenant_id": "default", "signatures": "some"}, headers=admin
+    )
+    assert wrong.status_code == 400 and "signatures" in wrong.text, wrong.text
 
     # Export while the log is clean; the bundle verifies offline.
     cfg = str(gw.cwd / "config.yaml")
@@ -132,6 +145,11 @@ def test_admin_verify_detects_a_tampered_row(cluster, tmp_path):
     bad = gw.http().get("/v1/admin/audit/verify", params={"tenant_id": "default"}, headers=admin).json()
     assert bad["ok"] is False
     assert bad["first_bad_seq"] == 5, bad
+    # The head-only check finds it too, and its second pass pins it.
+    bad_fast = gw.http().get(
+        "/v1/admin/audit/verify", params={"tenant_id": "default", "signatures": "head"}, headers=admin
+    ).json()
+    assert bad_fast["ok"] is False and bad_fast["first_bad_seq"] == 5, bad_fast
     # The CLI refuses to open a log whose guards are gone, and says how to
     # restore them; after that it finds the edit.
     cli = cluster.run_aibox(["audit", "verify", "--tenant", "default", "--config", cfg], cwd=gw.cwd)
@@ -140,6 +158,11 @@ def test_admin_verify_detects_a_tampered_row(cluster, tmp_path):
     restored = cluster.run_aibox(["audit", "restore-guards", "--config", cfg], cwd=gw.cwd)
     assert restored.returncode == 0, restored.stderr
     cli = cluster.run_aibox(["audit", "verify", "--tenant", "default", "--config", cfg], cwd=gw.cwd)
+    assert cli.returncode != 0
+    assert "first bad sequence number Some(5)" in cli.stderr, cli.stderr
+    cli = cluster.run_aibox(
+        ["audit", "verify", "--tenant", "default", "--signatures", "head", "--config", cfg], cwd=gw.cwd
+    )
     assert cli.returncode != 0
     assert "first bad sequence number Some(5)" in cli.stderr, cli.stderr
 

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p aibox-auditlog --example throughput -- sqlite   [turns] [events/turn] [callers]
 //! cargo run --release -p aibox-auditlog --example throughput -- postgres [turns] [events/turn] [callers]
+//! THROUGHPUT_MODES=head cargo run ... (one verification mode only, e.g. to profile it)
 //! ```
 //!
 //! PostgreSQL uses a fresh database on 127.0.0.1:5432 (user postgres),
@@ -13,7 +14,7 @@
 
 use std::time::Instant;
 
-use aibox_auditlog::{AuditLog, AuditLogOptions};
+use aibox_auditlog::{AuditLog, AuditLogOptions, SignatureCheck};
 use aibox_core::audit::{
     AuditEvent, EventKind, GuardAction, GuardStage, Sha256Hex, TurnStatus, Usage,
 };
@@ -82,17 +83,25 @@ async fn run(log: AuditLog, turns: usize, per_turn: usize, callers: usize) {
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = c;
+            let mut sample = Vec::new();
             while i < turns {
                 let turn = TurnId::generate();
                 log.append_turn(&t, Some(turn.clone()), turn_events(&t, &turn, per_turn, i))
                     .await
                     .unwrap();
+                // Every 97th turn is kept for the receipt measurement, so
+                // the sample spreads over the whole log.
+                if i % 97 == 0 {
+                    sample.push(turn);
+                }
                 i += callers;
             }
+            sample
         }));
     }
+    let mut sample = Vec::new();
     for task in tasks {
-        task.await.unwrap();
+        sample.extend(task.await.unwrap());
     }
     let secs = start.elapsed().as_secs_f64();
     let events = (turns * per_turn) as f64;
@@ -103,18 +112,52 @@ async fn run(log: AuditLog, turns: usize, per_turn: usize, callers: usize) {
         events / secs,
         turns as f64 / secs
     );
-    let start = Instant::now();
-    let report = log.verify(&t, |_, _| {}).await.unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert!(report.ok, "{report:?}");
+    // Both signature modes, alternated in one run so that the machine's
+    // noise falls on both alike; the best of three is printed.
+    for mode in modes() {
+        let mut best = f64::MAX;
+        let mut best_cpu = f64::MAX;
+        let mut report = None;
+        for _ in 0..3 {
+            let start = Instant::now();
+            let cpu = cpu_secs();
+            let r = log.verify_with(&t, mode, |_, _| {}).await.unwrap();
+            best = best.min(start.elapsed().as_secs_f64());
+            best_cpu = best_cpu.min(cpu_secs() - cpu);
+            assert!(r.ok, "{r:?}");
+            report = Some(r);
+        }
+        let report = report.unwrap();
+        println!(
+            "verify {mode:?} ({}): {} rows, {} envelopes, {} checkpoints, {} signatures in {:.3}s: {:.0} rows/s wall, {:.0} rows per CPU-second",
+            log.backend(),
+            report.rows,
+            report.envelopes,
+            report.checkpoints,
+            report.signatures_checked,
+            best,
+            report.rows as f64 / best,
+            report.rows as f64 / best_cpu
+        );
+    }
+    // Receipt generation at this size: envelope lookup, the turn's events,
+    // an inclusion proof and the newest checkpoint, one turn at a time.
+    let mut lat: Vec<f64> = Vec::with_capacity(sample.len());
+    for turn in &sample {
+        let start = Instant::now();
+        let r = log.receipt(&t, turn).await.unwrap();
+        lat.push(start.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r.tenant, t);
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "verify ({}): {} rows, {} envelopes, {} checkpoints in {:.2}s: {:.0} rows/s",
+        "receipt ({}): {} receipts at tree size {turns}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         log.backend(),
-        report.rows,
-        report.envelopes,
-        report.checkpoints,
-        secs,
-        report.rows as f64 / secs
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
     );
     let start = Instant::now();
     let bundle = log.export(&t).await.unwrap();
@@ -126,15 +169,51 @@ async fn run(log: AuditLog, turns: usize, per_turn: usize, callers: usize) {
         .flat_map(|k| [k.checkpoint_key, k.envelope_key])
         .collect();
     let export_secs = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let r = aibox_auditlog::verify_bundle(&bundle, &keys);
-    let secs = start.elapsed().as_secs_f64();
-    assert!(r.ok, "{r:?}");
-    println!(
-        "export {:.2}s; verify_bundle (in memory, pure): {:.0} rows/s",
-        export_secs,
-        r.rows as f64 / secs
-    );
+    // THROUGHPUT_BUNDLE_LOOPS=N repeats the in-memory verification, for a
+    // profile of the verifier alone.
+    let loops: usize = std::env::var("THROUGHPUT_BUNDLE_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for mode in modes() {
+        for _ in 1..loops {
+            aibox_auditlog::verify_bundle_with(&bundle, &keys, mode);
+        }
+        let start = Instant::now();
+        let cpu = cpu_secs();
+        let r = aibox_auditlog::verify_bundle_with(&bundle, &keys, mode);
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = cpu_secs() - cpu;
+        assert!(r.ok, "{r:?}");
+        println!(
+            "export {:.2}s; verify_bundle {mode:?} (in memory, pure): {:.0} rows/s wall, {:.0} rows per CPU-second",
+            export_secs,
+            r.rows as f64 / secs,
+            r.rows as f64 / cpu
+        );
+    }
+}
+
+/// The signature modes to measure: `THROUGHPUT_MODES=head` (or `all`)
+/// measures one only, for a profile of it; both by default.
+fn modes() -> Vec<SignatureCheck> {
+    match std::env::var("THROUGHPUT_MODES") {
+        Ok(list) => list.split(',').map(|m| m.trim().parse().unwrap()).collect(),
+        Err(_) => vec![SignatureCheck::All, SignatureCheck::Head],
+    }
+}
+
+/// The process's CPU time (user plus system) in seconds, from
+/// `/proc/self/stat` (clock ticks of 10 ms): on a shared, loaded machine,
+/// CPU time per row says more than wall time.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

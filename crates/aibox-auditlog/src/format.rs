@@ -214,6 +214,53 @@ pub struct VerifyReport {
     pub tree_size: u64,
     /// The recomputed root, base64.
     pub root: String,
+    /// Which signatures were checked: `all`, or `head` (see
+    /// [`SignatureCheck`]).
+    #[serde(default)]
+    pub signatures: SignatureCheck,
+    /// How many Ed25519 signatures were checked.
+    #[serde(default)]
+    pub signatures_checked: u64,
+}
+
+/// Which signatures a verification checks. Both modes read every row and
+/// recompute every row hash and link, every envelope's events root, link
+/// and leaf, the whole Merkle tree, and every stored checkpoint's root at
+/// its size; they differ only in how many Ed25519 signatures they check,
+/// which is what bounds the speed (a signature check costs as much as
+/// hashing a few hundred rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureCheck {
+    /// Every envelope's and every checkpoint's signature (the default).
+    #[default]
+    All,
+    /// The newest checkpoint's signature, plus those of the first and the
+    /// last envelope and checkpoint signed with each key version. The
+    /// newest signed checkpoint commits to every envelope's signed text
+    /// through the tree recomputed from the rows, so any change to a row,
+    /// to an envelope's text or to the order still fails. What this mode
+    /// does not see is damaged signature bytes under a text that is right,
+    /// on an envelope or an older checkpoint: the log's content is intact,
+    /// but that turn's receipt would not verify. A failure found this way
+    /// may be pinned later than the first bad sequence number (a rewritten
+    /// older checkpoint is not caught by its signature): a second pass with
+    /// [`SignatureCheck::All`] pins it.
+    Head,
+}
+
+impl std::str::FromStr for SignatureCheck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "head" => Ok(Self::Head),
+            other => Err(format!(
+                "unknown signature check {other:?}: use `all` (every signature) or `head` (the newest checkpoint and each key version's first and last)"
+            )),
+        }
+    }
 }
 
 /// One row of an export bundle.

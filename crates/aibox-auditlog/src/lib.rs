@@ -210,11 +210,12 @@ use tokio::sync::oneshot;
 pub use error::{AuditLogError, ReceiptError};
 pub use format::{
     BUNDLE_FORMAT, Bundle, BundleCheckpoint, BundleEnvelope, BundleRow, ConsistencyProof,
-    GENESIS_ROW_HASH, PublicKeyRecord, RECEIPT_FORMAT, Receipt, TurnRecord, VerifyReport,
-    key_fingerprint, row_hash,
+    GENESIS_ROW_HASH, PublicKeyRecord, RECEIPT_FORMAT, Receipt, SignatureCheck, TurnRecord,
+    VerifyReport, key_fingerprint, row_hash,
 };
 pub use verify::{
-    VerifiedReceipt, verify_bundle, verify_consistency, verify_receipt, verify_receipt_for_tenant,
+    VerifiedReceipt, verify_bundle, verify_bundle_with, verify_consistency, verify_receipt,
+    verify_receipt_for_tenant,
 };
 
 use crate::format::PublicKeyRecord as Keys;
@@ -523,13 +524,14 @@ impl AuditLog {
     async fn verified(
         &self,
         tenant: &TenantId,
+        mode: SignatureCheck,
         progress: Box<dyn FnMut(u64, u64) + Send>,
     ) -> Result<Verified, AuditLogError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.verify(tenant, progress).await,
+            Backend::Sqlite(s) => s.verify(tenant, mode, progress).await,
             Backend::Postgres(p) => {
                 let mut progress = progress;
-                p.verify(tenant, &mut *progress).await
+                p.verify(tenant, mode, &mut *progress).await
             }
         }
     }
@@ -545,7 +547,43 @@ impl AuditLog {
         tenant: &TenantId,
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<VerifyReport, AuditLogError> {
-        Ok(self.verified(tenant, Box::new(progress)).await?.report)
+        self.verify_with(tenant, SignatureCheck::All, progress)
+            .await
+    }
+
+    /// [`AuditLog::verify`] checking the signatures `mode` names. In
+    /// [`SignatureCheck::Head`] mode a failure may be pinned later than the
+    /// first bad sequence number; [`AuditLog::verify_head_then_pin`] does
+    /// the second pass that pins it.
+    pub async fn verify_with(
+        &self,
+        tenant: &TenantId,
+        mode: SignatureCheck,
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<VerifyReport, AuditLogError> {
+        Ok(self
+            .verified(tenant, mode, Box::new(progress))
+            .await?
+            .report)
+    }
+
+    /// Verifies at hashing speed ([`SignatureCheck::Head`]); only if that
+    /// finds a problem, verifies again with every signature, so the report
+    /// pins the first bad sequence number as precisely as the full check
+    /// (the second pass reports no progress).
+    pub async fn verify_head_then_pin(
+        &self,
+        tenant: &TenantId,
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<VerifyReport, AuditLogError> {
+        let report = self
+            .verify_with(tenant, SignatureCheck::Head, progress)
+            .await?;
+        if report.ok {
+            return Ok(report);
+        }
+        self.verify_with(tenant, SignatureCheck::All, |_, _| {})
+            .await
     }
 
     /// [`AuditLog::verify`], then compares the log with a signed checkpoint
@@ -557,7 +595,9 @@ impl AuditLog {
         tenant: &TenantId,
         trusted_checkpoint: &[u8],
     ) -> Result<VerifyReport, AuditLogError> {
-        let v = self.verified(tenant, Box::new(|_, _| {})).await?;
+        let v = self
+            .verified(tenant, SignatureCheck::All, Box::new(|_, _| {}))
+            .await?;
         // A log that fails on its own is reported as such; the trusted
         // checkpoint matters only for a log that is internally consistent.
         if !v.report.ok {

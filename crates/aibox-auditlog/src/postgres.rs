@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{GenericClient, IsolationLevel, NoTls};
 
 use crate::error::AuditLogError;
-use crate::format::{self, Bundle, ConsistencyProof, PublicKeyRecord, Receipt};
+use crate::format::{self, Bundle, ConsistencyProof, PublicKeyRecord, Receipt, SignatureCheck};
 use crate::state::{
     self, CpRow, EnvRow, Head, MAX_BATCH_EVENTS, Plan, ReadOps, Request, Signing, TreeCache,
     WriteTx, Writer,
@@ -710,6 +710,7 @@ impl PgLog {
     pub(crate) async fn verify(
         &self,
         tenant: &TenantId,
+        mode: SignatureCheck,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Verified, AuditLogError> {
         let mut c = client(&self.pool).await?;
@@ -724,7 +725,9 @@ impl PgLog {
         let head = read_head(&*tx, t).await?;
         let total = head.as_ref().map_or(0, |h| h.last_seq);
         let mut src = PgSource::open(&tx, t).await?;
-        let mut v = ChainVerifier::new(t, &origin, &keys).parallel_signatures();
+        let mut v = ChainVerifier::new(t, &origin, &keys)
+            .signatures(mode)
+            .parallel_signatures();
         let result = verify::drive(&mut v, &mut src, total, progress).await?;
         let result = result.and_then(|()| v.check_head(head.as_ref()));
         let result = v.settle(result);

@@ -29,7 +29,7 @@ use aibox_audit::merkle::Hash;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior};
 
 use crate::error::AuditLogError;
-use crate::format::{self, PublicKeyRecord};
+use crate::format::{self, PublicKeyRecord, SignatureCheck};
 use crate::state::{
     self, CpRow, EnvRow, Head, MAX_BATCH_EVENTS, Plan, ReadOps, Request, Signing, TreeCache,
     WriteTx, Writer,
@@ -488,6 +488,7 @@ impl SqliteLog {
     pub(crate) async fn verify(
         &self,
         tenant: &aibox_core::TenantId,
+        mode: SignatureCheck,
         mut progress: Box<dyn FnMut(u64, u64) + Send>,
     ) -> Result<Verified, AuditLogError> {
         let path = self.path.clone();
@@ -496,7 +497,7 @@ impl SqliteLog {
         tokio::task::spawn_blocking(move || {
             let conn = open_reader(&path)?;
             let tx = conn.unchecked_transaction().map_err(db)?;
-            verify_tenant(&tx, &signing, tenant.as_str(), &mut *progress)
+            verify_tenant(&tx, &signing, tenant.as_str(), mode, &mut *progress)
         })
         .await
         .map_err(|_| AuditLogError::Closed)?
@@ -699,6 +700,7 @@ fn verify_tenant(
     conn: &Connection,
     signing: &Signing,
     tenant: &str,
+    mode: SignatureCheck,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Verified, AuditLogError> {
     let recorded = verify::run_ready(SqliteRead { conn }.tenant_keys(tenant))
@@ -712,7 +714,10 @@ fn verify_tenant(
     let total = head.as_ref().map_or(0, |h| h.last_seq);
     let mut stmts = Statements::prepare(conn)?;
     let mut src = stmts.source(tenant)?;
-    let mut v = ChainVerifier::new(tenant, &origin, &keys).parallel_signatures();
+    let mut v = ChainVerifier::new(tenant, &origin, &keys)
+        .signatures(mode)
+        .parallel_signatures()
+        .hash_ahead();
     let result = verify::run_ready(verify::drive(&mut v, &mut src, total, progress))
         .unwrap_or(Err(rusqlite::Error::InvalidQuery))
         .map_err(db)?;

@@ -40,7 +40,8 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::error::ReceiptError;
 use crate::format::{
-    self, BUNDLE_FORMAT, Bundle, GENESIS_ROW_HASH, RECEIPT_FORMAT, Receipt, VerifyReport,
+    self, BUNDLE_FORMAT, Bundle, GENESIS_ROW_HASH, RECEIPT_FORMAT, Receipt, SignatureCheck,
+    VerifyReport,
 };
 use crate::state::Head;
 
@@ -134,6 +135,9 @@ pub(crate) struct RowBuf {
     pub event: Vec<u8>,
     pub prev: Vec<u8>,
     pub hash: Vec<u8>,
+    /// The event's leaf hash and the row hash recomputed from the row's own
+    /// columns, when a [`HashAhead`] worker computed them already.
+    pub hashed: Option<(Hash, Hash)>,
 }
 
 impl RowBuf {
@@ -157,6 +161,7 @@ impl RowBuf {
         hash: &[u8],
     ) {
         self.seq = seq;
+        self.hashed = None;
         self.set_turn(turn);
         self.event.clear();
         self.event.extend_from_slice(event);
@@ -209,6 +214,15 @@ pub(crate) struct ChainVerifier<'a> {
     cur_leaf: Hash,
     cur_leaves: Vec<Hash>,
     sigs: Option<SigPool>,
+    /// Whether rows are hashed a batch ahead on a worker thread; only for
+    /// synchronous sources, whose driver runs on a thread of its own.
+    hash_ahead: bool,
+    mode: SignatureCheck,
+    /// In [`SignatureCheck::Head`] mode, the envelopes and checkpoints whose
+    /// signatures are checked at the end.
+    env_samples: Samples,
+    cp_samples: Samples,
+    signatures_checked: u64,
     prefix: Vec<u8>,
     last_good_checkpoint: u64,
     last_checkpoint: Option<u64>,
@@ -234,6 +248,11 @@ impl<'a> ChainVerifier<'a> {
             cur_leaf: [0u8; 32],
             cur_leaves: Vec::new(),
             sigs: None,
+            hash_ahead: false,
+            mode: SignatureCheck::All,
+            env_samples: Samples::default(),
+            cp_samples: Samples::default(),
+            signatures_checked: 0,
             prefix: Vec::new(),
             last_good_checkpoint: 0,
             last_checkpoint: None,
@@ -247,7 +266,27 @@ impl<'a> ChainVerifier<'a> {
     /// this thread hashes rows: Ed25519 verification costs far more than
     /// hashing a few rows, so it would otherwise bound the speed.
     pub(crate) fn parallel_signatures(mut self) -> Self {
-        self.sigs = Some(SigPool::start(self.keys.clone(), self.env_key_name.clone()));
+        if self.mode == SignatureCheck::All {
+            self.sigs = Some(SigPool::start(self.keys.clone(), self.env_key_name.clone()));
+        }
+        self
+    }
+
+    /// Hashes rows a batch ahead on a worker thread (see [`HashAhead`]).
+    /// Only for synchronous sources: the driver blocks on the worker.
+    pub(crate) fn hash_ahead(mut self) -> Self {
+        self.hash_ahead = true;
+        self
+    }
+
+    /// Sets which signatures are checked; call before
+    /// [`ChainVerifier::parallel_signatures`], which [`SignatureCheck::Head`]
+    /// does not need.
+    pub(crate) fn signatures(mut self, mode: SignatureCheck) -> Self {
+        self.mode = mode;
+        if mode == SignatureCheck::Head {
+            self.sigs = None;
+        }
         self
     }
 
@@ -257,7 +296,9 @@ impl<'a> ChainVerifier<'a> {
         let Some(pool) = self.sigs.take() else {
             return result;
         };
-        match (result, pool.finish()) {
+        let (failure, checked) = pool.finish();
+        self.signatures_checked += checked;
+        match (result, failure) {
             (r, None) => r,
             (Ok(()), Some(s)) => Err(s),
             (Err(c), Some(s)) => match (c.seq, s.seq) {
@@ -308,6 +349,16 @@ impl<'a> ChainVerifier<'a> {
             .envelope_keys(e.key_version)
             .map_err(|m| bad(pin, format!("envelope {index}: {m}")))?;
         let text = match &mut self.sigs {
+            // Head mode: the text is parsed unverified; the newest
+            // checkpoint's signature vouches for it through the tree, and a
+            // few envelopes per key version are checked at the end.
+            None if self.mode == SignatureCheck::Head => {
+                self.env_samples.offer(index, pin, e.key_version, &e.note);
+                std::str::from_utf8(&e.note)
+                    .ok()
+                    .and_then(note_text)
+                    .ok_or_else(|| bad(pin, format!("envelope {index} is not a signed note")))?
+            }
             // The signature is checked on a worker thread; the text is
             // parsed now, unverified, and a bad signature is reported at the
             // end, pinned to this envelope, if nothing earlier was bad.
@@ -333,6 +384,7 @@ impl<'a> ChainVerifier<'a> {
                     e.key_version,
                     &e.note,
                 )?;
+                self.signatures_checked += 1;
                 std::str::from_utf8(&e.note)
                     .ok()
                     .and_then(note_text)
@@ -438,8 +490,11 @@ impl<'a> ChainVerifier<'a> {
                 ),
             ));
         }
-        let leaf = merkle::leaf_hash(&r.event);
-        let computed = format::row_hash(self.tenant, seq, &prev, &leaf);
+        // A row hash depends only on the row's own columns, so a worker may
+        // have computed it ahead; the chain checks stay here, in order.
+        let (leaf, computed) = r
+            .hashed
+            .unwrap_or_else(|| recompute(self.tenant, seq, &prev, &r.event));
         if computed.as_slice() != r.hash.as_slice() {
             return Err(bad(
                 seq,
@@ -521,15 +576,22 @@ impl<'a> ChainVerifier<'a> {
             .keys
             .checkpoint_keys(c.key_version)
             .map_err(|m| bad(pin, format!("checkpoint of size {}: {m}", c.size)))?;
-        let cp = checkpoint::open(&c.note, keys).map_err(|err| {
-            bad(
-                pin,
-                format!(
-                    "checkpoint of size {} does not verify with the published keys: {err}",
-                    c.size
-                ),
-            )
-        })?;
+        let cp = if self.mode == SignatureCheck::Head {
+            self.cp_samples.offer(c.size, pin, c.key_version, &c.note);
+            std::str::from_utf8(&c.note)
+                .ok()
+                .and_then(note_text)
+                .and_then(|t| checkpoint::Checkpoint::parse(t).ok())
+                .ok_or_else(|| {
+                    bad(
+                        pin,
+                        format!("checkpoint of size {} is not a signed checkpoint", c.size),
+                    )
+                })?
+        } else {
+            self.signatures_checked += 1;
+            open_checkpoint(keys, c.size, pin, &c.note)?
+        };
         if cp.origin() != self.origin {
             return Err(bad(
                 pin,
@@ -579,7 +641,8 @@ impl<'a> ChainVerifier<'a> {
 
     /// After the checkpoints: the newest one must cover the whole tree,
     /// since every append writes one in the same transaction.
-    pub(crate) fn finish_checkpoints(&self) -> Result<(), Bad> {
+    pub(crate) fn finish_checkpoints(&mut self) -> Result<(), Bad> {
+        self.check_samples()?;
         let size = self.tree.size();
         let covered = self.last_checkpoint.unwrap_or(0);
         if covered < size {
@@ -592,6 +655,38 @@ impl<'a> ChainVerifier<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// Head mode: checks the signatures of the sampled envelopes and
+    /// checkpoints, the newest checkpoint among them. The earliest failure
+    /// wins, as in the full check.
+    fn check_samples(&mut self) -> Result<(), Bad> {
+        let mut worst: Option<Bad> = None;
+        for j in self.env_samples.take() {
+            self.signatures_checked += 1;
+            if let Err(b) = check_envelope_signature(
+                self.keys,
+                &self.env_key_name,
+                j.index,
+                j.pin,
+                j.version,
+                &j.note,
+            ) {
+                worst = earlier(worst, b);
+            }
+        }
+        for j in self.cp_samples.take() {
+            self.signatures_checked += 1;
+            let checked = self
+                .keys
+                .checkpoint_keys(j.version)
+                .map_err(|m| bad(j.pin, format!("checkpoint of size {}: {m}", j.index)))
+                .and_then(|keys| open_checkpoint(keys, j.index, j.pin, &j.note));
+            if let Err(b) = checked {
+                worst = earlier(worst, b);
+            }
+        }
+        worst.map_or(Ok(()), Err)
     }
 
     /// Compares the stored head with the recomputed end of the log.
@@ -647,7 +742,69 @@ impl<'a> ChainVerifier<'a> {
             problem,
             tree_size: self.tree.size(),
             root: format::b64(&self.tree.root()),
+            signatures: self.mode,
+            signatures_checked: self.signatures_checked,
         }
+    }
+}
+
+/// Opens a stored checkpoint note with `keys`, pinning a bad signature to
+/// `pin`.
+fn open_checkpoint(
+    keys: &[NoteVerifier],
+    size: u64,
+    pin: u64,
+    note: &[u8],
+) -> Result<checkpoint::Checkpoint, Bad> {
+    checkpoint::open(note, keys).map_err(|err| {
+        bad(
+            pin,
+            format!("checkpoint of size {size} does not verify with the published keys: {err}"),
+        )
+    })
+}
+
+/// The notes whose signatures [`SignatureCheck::Head`] checks: the first
+/// and the last of each key version, in log order (the last one offered is
+/// the newest). Buffers are reused, so offering every note costs a copy
+/// only, never an allocation once warmed up.
+#[derive(Default)]
+struct Samples {
+    /// Per run of one key version: its first note and its latest one.
+    runs: Vec<(SigJob, Option<SigJob>)>,
+}
+
+impl Samples {
+    fn offer(&mut self, index: u64, pin: u64, version: Option<u32>, note: &[u8]) {
+        match self.runs.last_mut() {
+            Some((first, last)) if first.version == version => {
+                let slot = last.get_or_insert_with(|| SigJob {
+                    index,
+                    pin,
+                    version,
+                    note: Vec::new(),
+                });
+                slot.index = index;
+                slot.pin = pin;
+                slot.note.clear();
+                slot.note.extend_from_slice(note);
+            }
+            _ => self.runs.push((
+                SigJob {
+                    index,
+                    pin,
+                    version,
+                    note: note.to_vec(),
+                },
+                None,
+            )),
+        }
+    }
+
+    fn take(&mut self) -> impl Iterator<Item = SigJob> {
+        std::mem::take(&mut self.runs)
+            .into_iter()
+            .flat_map(|(first, last)| std::iter::once(first).chain(last))
     }
 }
 
@@ -703,10 +860,11 @@ const SIG_BATCH: usize = 128;
 struct SigPool {
     tx: Option<std::sync::mpsc::SyncSender<Vec<SigJob>>>,
     batch: Vec<SigJob>,
-    workers: Vec<std::thread::JoinHandle<Option<Bad>>>,
+    workers: Vec<std::thread::JoinHandle<(Option<Bad>, u64)>>,
     keys: std::sync::Arc<KeySet>,
     name: std::sync::Arc<String>,
     inline: Option<Bad>,
+    inline_checked: u64,
 }
 
 fn earlier(a: Option<Bad>, b: Bad) -> Option<Bad> {
@@ -732,6 +890,7 @@ impl SigPool {
                 .name("aibox-audit-verify".into())
                 .spawn(move || {
                     let mut worst: Option<Bad> = None;
+                    let mut checked = 0u64;
                     loop {
                         let next = match rx.lock() {
                             Ok(r) => r.recv(),
@@ -742,6 +901,7 @@ impl SigPool {
                             if worst.as_ref().is_some_and(|w| w.seq <= Some(j.pin)) {
                                 continue;
                             }
+                            checked += 1;
                             if let Err(b) = check_envelope_signature(
                                 &keys, &name, j.index, j.pin, j.version, &j.note,
                             ) {
@@ -749,7 +909,7 @@ impl SigPool {
                             }
                         }
                     }
-                    worst
+                    (worst, checked)
                 });
             if let Ok(h) = spawned {
                 workers.push(h);
@@ -762,6 +922,7 @@ impl SigPool {
             keys,
             name: env_key_name,
             inline: None,
+            inline_checked: 0,
         }
     }
 
@@ -786,6 +947,7 @@ impl SigPool {
         if let Some(batch) = unsent {
             self.workers.clear();
             for j in batch {
+                self.inline_checked += 1;
                 if let Err(b) = check_envelope_signature(
                     &self.keys, &self.name, j.index, j.pin, j.version, &j.note,
                 ) {
@@ -795,14 +957,21 @@ impl SigPool {
         }
     }
 
-    fn finish(mut self) -> Option<Bad> {
+    /// Waits for the workers: the earliest failure, and how many signatures
+    /// were checked.
+    fn finish(mut self) -> (Option<Bad>, u64) {
         self.flush();
         drop(self.tx.take());
         let mut worst = self.inline.take();
+        let mut checked = self.inline_checked;
         for w in self.workers.drain(..) {
             match w.join() {
-                Ok(Some(b)) => worst = earlier(worst, b),
-                Ok(None) => {}
+                Ok((found, n)) => {
+                    checked += n;
+                    if let Some(b) = found {
+                        worst = earlier(worst, b);
+                    }
+                }
                 Err(_) => {
                     worst = earlier(
                         worst,
@@ -814,7 +983,7 @@ impl SigPool {
                 }
             }
         }
-        worst
+        (worst, checked)
     }
 }
 
@@ -849,29 +1018,33 @@ pub(crate) async fn drive<S: Source>(
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Result<(), Bad>, S::Error> {
     let mut env = EnvBuf::default();
-    let mut row = RowBuf::default();
     let mut cp = CpBuf::default();
-    let mut have_row = src.next_row(&mut row).await?;
+    let mut rows = RowFeed::new(v.tenant, v.hash_ahead);
+    if let Err(b) = rows.advance(src).await? {
+        return Ok(Err(b));
+    }
     progress(0, total_rows);
     while src.next_envelope(&mut env).await? {
         let last = match v.envelope(&env) {
             Ok(l) => l,
             Err(b) => return Ok(Err(b)),
         };
-        while have_row && row.seq <= last {
-            if let Err(b) = v.row(&row) {
+        while let Some(row) = rows.current().filter(|r| r.seq <= last) {
+            if let Err(b) = v.row(row) {
                 return Ok(Err(b));
             }
             if v.rows.is_multiple_of(PROGRESS_EVERY) {
                 progress(v.rows, total_rows);
             }
-            have_row = src.next_row(&mut row).await?;
+            if let Err(b) = rows.advance(src).await? {
+                return Ok(Err(b));
+            }
         }
         if let Err(b) = v.end_envelope() {
             return Ok(Err(b));
         }
     }
-    if have_row {
+    if let Some(row) = rows.current() {
         return Ok(Err(v.unsealed_row(row.seq)));
     }
     while src.next_checkpoint(&mut cp).await? {
@@ -881,6 +1054,186 @@ pub(crate) async fn drive<S: Source>(
     }
     progress(v.rows, total_rows);
     Ok(v.finish_checkpoints())
+}
+
+/// The event's leaf hash and the row hash, from the row's own columns.
+fn recompute(tenant: &str, seq: u64, prev: &Hash, event: &[u8]) -> (Hash, Hash) {
+    let leaf = merkle::leaf_hash(event);
+    (leaf, format::row_hash(tenant, seq, prev, &leaf))
+}
+
+/// Rows per batch handed to the [`HashAhead`] worker: large enough that
+/// the channel traffic is noise, small enough to stay in cache.
+const HASH_BATCH: usize = 256;
+
+/// The rows of a verification, one at a time, in seq order.
+enum RowFeed {
+    /// Read and hashed on the verifier's thread.
+    Direct { row: RowBuf, have: bool },
+    /// Read in batches; each batch is hashed on a worker thread while this
+    /// thread reads the next batch and checks the previous one.
+    Ahead(HashAhead),
+}
+
+impl RowFeed {
+    fn new(tenant: &str, ahead: bool) -> Self {
+        if ahead && let Some(h) = HashAhead::start(tenant) {
+            return Self::Ahead(h);
+        }
+        Self::Direct {
+            row: RowBuf::default(),
+            have: false,
+        }
+    }
+
+    fn current(&self) -> Option<&RowBuf> {
+        match self {
+            Self::Direct { row, have } => have.then_some(row),
+            Self::Ahead(h) => h.cur.get(h.pos),
+        }
+    }
+
+    async fn advance<S: Source>(&mut self, src: &mut S) -> Result<Result<(), Bad>, S::Error> {
+        match self {
+            Self::Direct { row, have } => {
+                *have = src.next_row(row).await?;
+                Ok(Ok(()))
+            }
+            Self::Ahead(h) => h.advance(src).await,
+        }
+    }
+}
+
+/// A worker thread that computes row hashes a batch ahead of the chain
+/// checks. Hashing is the largest share of a verification without
+/// signatures, and it needs nothing but the row, so it overlaps with
+/// reading the next batch; the order-dependent checks stay on the
+/// verifier's thread.
+struct HashAhead {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<RowBuf>>>,
+    rx: std::sync::mpsc::Receiver<Vec<RowBuf>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    /// The batch being checked, and the position in it.
+    cur: Vec<RowBuf>,
+    pos: usize,
+    /// Whether a batch is at the worker.
+    in_flight: bool,
+    /// Whether the source has no more rows.
+    done: bool,
+    /// Emptied batches, for reuse.
+    spare: Vec<Vec<RowBuf>>,
+}
+
+impl HashAhead {
+    fn start(tenant: &str) -> Option<Self> {
+        let (tx, work) = std::sync::mpsc::sync_channel::<Vec<RowBuf>>(1);
+        let (back, rx) = std::sync::mpsc::sync_channel::<Vec<RowBuf>>(1);
+        let tenant = tenant.to_owned();
+        let worker = std::thread::Builder::new()
+            .name("aibox-audit-hash".into())
+            .spawn(move || {
+                while let Ok(mut batch) = work.recv() {
+                    for r in &mut batch {
+                        // A malformed previous hash is left for the
+                        // verifier to report, in order. Every row is
+                        // (re)set, since batches and their rows are reused.
+                        r.hashed = format::hash_from_slice(&r.prev)
+                            .map(|prev| recompute(&tenant, r.seq, &prev, &r.event));
+                    }
+                    if back.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            tx: Some(tx),
+            rx,
+            worker: Some(worker),
+            cur: Vec::new(),
+            pos: 0,
+            in_flight: false,
+            done: false,
+            spare: Vec::new(),
+        })
+    }
+
+    /// Reads up to [`HASH_BATCH`] rows into a (reused) batch.
+    async fn read_batch<S: Source>(&mut self, src: &mut S) -> Result<Vec<RowBuf>, S::Error> {
+        let mut batch = self.spare.pop().unwrap_or_default();
+        batch.resize_with(HASH_BATCH, RowBuf::default);
+        let mut n = 0;
+        while n < HASH_BATCH {
+            if !src.next_row(&mut batch[n]).await? {
+                self.done = true;
+                break;
+            }
+            n += 1;
+        }
+        batch.truncate(n);
+        Ok(batch)
+    }
+
+    /// Moves to the next row: at the end of a batch, takes the hashed one
+    /// from the worker and hands it the next. The inner error: the worker
+    /// is gone with a batch, so the verification cannot be completed (it
+    /// fails, without blaming the log).
+    async fn advance<S: Source>(&mut self, src: &mut S) -> Result<Result<(), Bad>, S::Error> {
+        self.pos += 1;
+        if self.pos < self.cur.len() {
+            return Ok(Ok(()));
+        }
+        let used = std::mem::take(&mut self.cur);
+        self.spare.push(used);
+        self.pos = 0;
+        if !self.in_flight {
+            // The first call: read one batch to start.
+            if self.done {
+                return Ok(Ok(()));
+            }
+            let first = self.read_batch(src).await?;
+            if let Err(b) = self.send(first) {
+                return Ok(Err(b));
+            }
+        }
+        self.in_flight = false;
+        match self.rx.recv() {
+            Ok(b) => self.cur = b,
+            Err(_) => return Ok(Err(worker_lost())),
+        }
+        if !self.done {
+            let next = self.read_batch(src).await?;
+            if let Err(b) = self.send(next) {
+                return Ok(Err(b));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn send(&mut self, batch: Vec<RowBuf>) -> Result<(), Bad> {
+        let tx = self.tx.as_ref().ok_or_else(worker_lost)?;
+        tx.send(batch).map_err(|_| worker_lost())?;
+        self.in_flight = true;
+        Ok(())
+    }
+}
+
+fn worker_lost() -> Bad {
+    bad(
+        None,
+        "internal error: the row hashing worker stopped; the log was not fully verified (run the verification again)",
+    )
+}
+
+impl Drop for HashAhead {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        // Unblock a worker waiting to hand back a batch, then wait for it.
+        while self.rx.try_recv().is_ok() {}
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 /// Runs a future that never waits (a synchronous source) to completion.
@@ -967,6 +1320,18 @@ fn failed(problem: impl Into<String>) -> VerifyReport {
 /// keys inside the bundle are not trusted: they are there to be compared
 /// with the published ones.
 pub fn verify_bundle(bundle: &Bundle, trusted_keys: &[String]) -> VerifyReport {
+    verify_bundle_with(bundle, trusted_keys, SignatureCheck::All)
+}
+
+/// [`verify_bundle`] checking the signatures `mode` names. In
+/// [`SignatureCheck::Head`] mode a failure may be pinned later than the
+/// first bad sequence number; verify again with [`SignatureCheck::All`] to
+/// pin it.
+pub fn verify_bundle_with(
+    bundle: &Bundle,
+    trusted_keys: &[String],
+    mode: SignatureCheck,
+) -> VerifyReport {
     if bundle.format != BUNDLE_FORMAT {
         return failed(format!(
             "unknown bundle format {:?}; expected {BUNDLE_FORMAT}",
@@ -984,8 +1349,10 @@ pub fn verify_bundle(bundle: &Bundle, trusted_keys: &[String]) -> VerifyReport {
         Ok(k) => k,
         Err(e) => return failed(e.to_string()),
     };
-    let mut v =
-        ChainVerifier::new(bundle.tenant.as_str(), &bundle.origin, &keys).parallel_signatures();
+    let mut v = ChainVerifier::new(bundle.tenant.as_str(), &bundle.origin, &keys)
+        .signatures(mode)
+        .parallel_signatures()
+        .hash_ahead();
     let mut src = BundleSource {
         bundle,
         row: 0,

@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 
 use aibox_auditlog::{
-    AuditLog, AuditLogError, AuditLogOptions, ReceiptError, verify_bundle, verify_consistency,
-    verify_receipt, verify_receipt_for_tenant,
+    AuditLog, AuditLogError, AuditLogOptions, ReceiptError, SignatureCheck, verify_bundle,
+    verify_bundle_with, verify_consistency, verify_receipt, verify_receipt_for_tenant,
 };
 use aibox_core::TurnId;
 use common::{
@@ -398,13 +398,23 @@ async fn key_rotation_keeps_old_records_verifiable() {
     assert_eq!(old.key_version, 1);
     verify_receipt(&old, &keys).unwrap();
     verify_receipt(&log.receipt(&acme, &t2).await.unwrap(), &keys).unwrap();
+    // Head mode checks each key version's records too.
+    let head = log
+        .verify_with(&acme, SignatureCheck::Head, |_, _| {})
+        .await
+        .unwrap();
+    assert!(head.ok, "{head:?}");
+    assert_eq!(head.signatures_checked, 4, "{head:?}");
     let bundle = log.export(&acme).await.unwrap();
     assert!(verify_bundle(&bundle, &keys).ok);
-    // Without the old version's keys, the old records do not verify.
+    // Without the old version's keys, the old records do not verify, in
+    // either mode.
     let only_new = key_strings(&published[1..]);
     let r = verify_bundle(&bundle, &only_new);
     assert!(!r.ok);
     assert_eq!(r.first_bad_seq, Some(1), "{r:?}");
+    let r = verify_bundle_with(&bundle, &only_new, SignatureCheck::Head);
+    assert!(!r.ok, "{r:?}");
     assert!(verify_receipt(&old, &only_new).is_err());
     drop(log);
 

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use aibox_auditlog::AuditLogError;
+use aibox_auditlog::{AuditLogError, SignatureCheck};
 use aibox_core::{Principal, TenantId, TurnId};
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
@@ -164,11 +164,20 @@ pub(crate) async fn public_keys(
     Ok(Json(keys).into_response())
 }
 
-/// `GET /v1/admin/audit/verify?tenant_id=`: recomputes the whole log.
+/// The query of `GET /v1/admin/audit/verify`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct VerifyQuery {
+    tenant_id: Option<String>,
+    /// `all` (default) or `head`: see [`SignatureCheck`].
+    signatures: Option<String>,
+}
+
+/// `GET /v1/admin/audit/verify?tenant_id=[&signatures=all|head]`:
+/// recomputes the whole log.
 pub(crate) async fn verify(
     State(st): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Query(q): Query<TenantQuery>,
+    Query(q): Query<VerifyQuery>,
 ) -> Result<Response, ApiError> {
     if !principal.has_role(ADMIN_ROLE) {
         return Err(ApiError::forbidden(format!(
@@ -176,11 +185,17 @@ pub(crate) async fn verify(
         )));
     }
     let tenant = tenant_for(&principal, q.tenant_id.as_deref())?;
-    let report = st
-        .audit
-        .verify(&tenant, |_, _| {})
-        .await
-        .map_err(log_error)?;
+    let mode = match q.signatures.as_deref() {
+        None => SignatureCheck::All,
+        Some(s) => s
+            .parse::<SignatureCheck>()
+            .map_err(|e| ApiError::bad_request(format!("signatures: {e}"), Some("signatures")))?,
+    };
+    let report = match mode {
+        SignatureCheck::All => st.audit.verify(&tenant, |_, _| {}).await,
+        SignatureCheck::Head => st.audit.verify_head_then_pin(&tenant, |_, _| {}).await,
+    }
+    .map_err(log_error)?;
     if !report.ok {
         tracing::error!(tenant = %tenant, first_bad_seq = ?report.first_bad_seq, problem = ?report.problem, "AUDIT LOG VERIFICATION FAILED");
     }

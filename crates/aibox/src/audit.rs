@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use aibox_auditlog::{AuditLog, AuditLogOptions, Bundle, Receipt};
+use aibox_auditlog::{AuditLog, AuditLogOptions, Bundle, Receipt, SignatureCheck};
 use aibox_config::{Config, DatabaseUrl};
 use aibox_core::{Secret, TenantId};
 use anyhow::{Context as _, bail};
@@ -50,20 +50,26 @@ pub fn restore_guards(cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Verifies one tenant's log and prints the report; fails when it is bad.
-pub async fn verify(log: &AuditLog, tenant: &str) -> anyhow::Result<()> {
+pub async fn verify(
+    log: &AuditLog,
+    tenant: &str,
+    signatures: SignatureCheck,
+) -> anyhow::Result<()> {
     let tenant = TenantId::new(tenant).context("--tenant")?;
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = log
-        .verify(&tenant, move |done, total| {
-            if interactive && total > 0 && (done == total || done % 65_536 == 0) {
-                let pct = done.saturating_mul(100) / total;
-                eprint!("\rverifying {done}/{total} rows ({pct}%)");
-                if done == total {
-                    eprintln!();
-                }
+    let progress = move |done: u64, total: u64| {
+        if interactive && total > 0 && (done == total || done % 65_536 == 0) {
+            let pct = done.saturating_mul(100) / total;
+            eprint!("\rverifying {done}/{total} rows ({pct}%)");
+            if done == total {
+                eprintln!();
             }
-        })
-        .await?;
+        }
+    };
+    let report = match signatures {
+        SignatureCheck::All => log.verify(&tenant, progress).await?,
+        SignatureCheck::Head => log.verify_head_then_pin(&tenant, progress).await?,
+    };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if !report.ok {
         bail!(

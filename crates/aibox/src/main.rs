@@ -134,6 +134,12 @@ enum AuditCommand {
         /// The tenant.
         #[arg(long, default_value = "default")]
         tenant: String,
+        /// Which signatures to check: `all` (every envelope and checkpoint)
+        /// or `head` (the newest checkpoint and each key version's first
+        /// and last, at hashing speed; a failure is then pinned by a full
+        /// pass). Every hash, root and link is recomputed either way.
+        #[arg(long, default_value = "all")]
+        signatures: aibox_auditlog::SignatureCheck,
     },
     /// Write a tenant's bundle (rows, envelopes, checkpoints, public keys).
     Export {
@@ -412,7 +418,9 @@ fn audit_command(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Resu
     rt.block_on(async {
         let log = audit::open(&cfg, &key).await?;
         match command {
-            AuditCommand::Verify { tenant } => audit::verify(&log, &tenant).await,
+            AuditCommand::Verify { tenant, signatures } => {
+                audit::verify(&log, &tenant, signatures).await
+            }
             AuditCommand::Export { tenant, out } => {
                 audit::export(&log, &tenant, out.as_deref()).await
             }

@@ -10,7 +10,7 @@
 // uses a different subset of the helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use aibox_auditlog::{AuditLog, GENESIS_ROW_HASH, row_hash};
+use aibox_auditlog::{AuditLog, GENESIS_ROW_HASH, SignatureCheck, row_hash};
 use aibox_core::audit::{AuditEvent, EventKind, TurnStatus};
 use aibox_core::{TenantId, TurnId};
 use sha2::{Digest, Sha256};
@@ -284,6 +284,15 @@ pub fn cases() -> Vec<Case> {
             expect: Expect::Bad(10),
         },
         Case {
+            // Issue 4: the head-mode check must still check the newest
+            // checkpoint's signature.
+            name: "newest checkpoint signed by an unknown key",
+            steps: vec![Step::Sql(
+                "UPDATE audit_checkpoints SET note = replace(note, '— ', '— x') WHERE tenant = 'acme' AND size = 4",
+            )],
+            expect: Expect::Bad(10),
+        },
+        Case {
             name: "truncated tail, head left in place",
             steps: vec![
                 Step::Sql("DELETE FROM audit_rows WHERE tenant = 'acme' AND seq >= 10"),
@@ -316,6 +325,26 @@ pub fn cases() -> Vec<Case> {
 pub async fn check_case(log: &AuditLog, case: &Case, external_checkpoint: &str) {
     let t = tenant("acme");
     let report = log.verify(&t, |_, _| {}).await.unwrap();
+    // Issue 4: the head-only signature check (hashing speed) must catch
+    // every case on its own; its second pass pins it like the full check.
+    let head = log
+        .verify_with(&t, SignatureCheck::Head, |_, _| {})
+        .await
+        .unwrap();
+    let pinned = log.verify_head_then_pin(&t, |_, _| {}).await.unwrap();
+    assert_eq!(
+        head.ok, report.ok,
+        "{}: head-mode verification disagrees with the full check: {head:?}",
+        case.name
+    );
+    assert_eq!(pinned.first_bad_seq, report.first_bad_seq, "{}", case.name);
+    if head.ok {
+        assert!(
+            head.signatures_checked < report.signatures_checked,
+            "{}: head mode checked as many signatures as the full check: {head:?}",
+            case.name
+        );
+    }
     match case.expect {
         Expect::Bad(seq) => {
             assert!(
