@@ -1749,13 +1749,9 @@ mod tests {
         assert!(e.contains("between 100 and 3600000"), "{e}");
         let e = err("server:\n  send_stall_timeout_ms: 3600001\n");
         assert!(e.contains("server.send_stall_timeout_ms"), "{e}");
-        let e = load_from_str(
-            "",
-            None,
-            &env(&[(env::AIBOX_BODY_IDLE_TIMEOUT_MS, "soon")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load_from_str("", None, &env(&[(env::AIBOX_BODY_IDLE_TIMEOUT_MS, "soon")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(env::AIBOX_BODY_IDLE_TIMEOUT_MS), "{e}");
         assert!(e.contains("server.body_idle_timeout_ms"), "{e}");
         assert!(e.contains("'soon' is not a number"), "{e}");

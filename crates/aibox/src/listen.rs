@@ -169,10 +169,7 @@ impl AcceptFailures {
 
     fn recovered(&mut self) {
         if self.last_warned.take().is_some() {
-            tracing::info!(
-                failures = self.since_warned,
-                "accepting connections again"
-            );
+            tracing::info!(failures = self.since_warned, "accepting connections again");
             self.since_warned = 0;
         }
     }
@@ -310,12 +307,17 @@ mod tests {
         let mut io = StallTimed::new(near, peer, Duration::from_millis(200));
         let started = std::time::Instant::now();
         let chunk = vec![b'x'; 4096];
-        let err = loop {
-            match io.write(&chunk).await {
-                Ok(_) => {}
-                Err(e) => break e,
+        let writes = async {
+            loop {
+                if let Err(e) = io.write(&chunk).await {
+                    return e;
+                }
             }
         };
+        // Without the stall timer the write would wait forever.
+        let err = tokio::time::timeout(Duration::from_secs(5), writes)
+            .await
+            .expect("the stalled write never failed");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let elapsed = started.elapsed();
         assert!(

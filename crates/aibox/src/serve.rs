@@ -369,12 +369,10 @@ async fn serve(
     let ops_addr = ops_listener.local_addr()?;
     let dashboard_listener = if cfg.dashboard.enabled {
         check_dashboard_exposure(&cfg, state.dashboard.current().enabled())?;
-        Some(
-            bind(
-                cfg.dashboard.listen,
-                "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
-            )?,
-        )
+        Some(bind(
+            cfg.dashboard.listen,
+            "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
+        )?)
     } else {
         None
     };
