@@ -334,6 +334,30 @@ def inflight_gauge(gw: "Aibox") -> float:
     pytest.fail(f"none of {INFLIGHT_GAUGES} in /metrics:\n{text}", pytrace=False)
 
 
+def collect_until_error(stream) -> tuple[str, "openai.APIError"]:
+    """Iterates an `openai` chat stream that must end in an error event;
+    returns (content received, the exception raised)."""
+    text = ""
+    with pytest.raises(openai.APIError) as exc:
+        for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+    return text, exc.value
+
+
+def vm_rss(pid: int) -> int:
+    """A process's resident set size in bytes (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def base_config(**server: Any) -> dict[str, Any]:
     """A config with both listeners on loopback port 0."""
     s = {"listen": "127.0.0.1:0", "ops_listen": "127.0.0.1:0"}

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import base_config, dead_port, inflight_gauge, model
+from conftest import base_config, collect_until_error, dead_port, inflight_gauge, model
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -35,16 +35,6 @@ def dead_upstream(name="dead", **extra):
     entry = {"name": name, "base_url": f"http://127.0.0.1:{dead_port()}/v1"}
     entry.update(extra)
     return entry
-
-
-def collect_until_error(stream):
-    """Iterates a chat stream; returns (content received, exception raised)."""
-    text = ""
-    with pytest.raises(openai.APIError) as exc:
-        for chunk in stream:
-            if chunk.choices:
-                text += chunk.choices[0].delta.content or ""
-    return text, exc.value
 
 
 def test_connection_refused_falls_back_to_the_next_target(cluster):

@@ -18,6 +18,14 @@ pub const AIBOX_OPS_LISTEN: &str = "AIBOX_OPS_LISTEN";
 pub const AIBOX_DATA_DIR: &str = "AIBOX_DATA_DIR";
 /// `server.max_body_bytes`.
 pub const AIBOX_MAX_BODY_BYTES: &str = "AIBOX_MAX_BODY_BYTES";
+/// `server.header_read_timeout_ms`.
+pub const AIBOX_HEADER_READ_TIMEOUT_MS: &str = "AIBOX_HEADER_READ_TIMEOUT_MS";
+/// `server.body_idle_timeout_ms`.
+pub const AIBOX_BODY_IDLE_TIMEOUT_MS: &str = "AIBOX_BODY_IDLE_TIMEOUT_MS";
+/// `server.first_byte_timeout_ms`.
+pub const AIBOX_FIRST_BYTE_TIMEOUT_MS: &str = "AIBOX_FIRST_BYTE_TIMEOUT_MS";
+/// `server.send_stall_timeout_ms`.
+pub const AIBOX_SEND_STALL_TIMEOUT_MS: &str = "AIBOX_SEND_STALL_TIMEOUT_MS";
 /// `dashboard.listen`.
 pub const AIBOX_DASHBOARD_LISTEN: &str = "AIBOX_DASHBOARD_LISTEN";
 /// `dashboard.enabled`.

@@ -134,6 +134,14 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     /// How long shutdown waits for in-flight requests and streams.
     pub shutdown_grace_secs: Option<u64>,
+    /// How long a client may take to send a complete request head.
+    pub header_read_timeout_ms: Option<u64>,
+    /// The longest pause between two frames of a request body.
+    pub body_idle_timeout_ms: Option<u64>,
+    /// How long a new connection may stay silent before its first byte.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// How long a client may leave response bytes unaccepted.
+    pub send_stall_timeout_ms: Option<u64>,
 }
 
 /// `log:`.

@@ -156,6 +156,21 @@ pub struct ServerConfig {
     /// Drain budget at shutdown.
     #[serde(serialize_with = "secs", rename = "shutdown_grace_secs")]
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a complete request head, on a
+    /// new connection or between requests on a kept-alive one.
+    #[serde(serialize_with = "millis", rename = "header_read_timeout_ms")]
+    pub header_read_timeout: Duration,
+    /// The longest pause between two frames of a request body.
+    #[serde(serialize_with = "millis", rename = "body_idle_timeout_ms")]
+    pub body_idle_timeout: Duration,
+    /// How long a new connection may stay silent before its first byte
+    /// (hyper arms its header-read timer only at that byte).
+    #[serde(serialize_with = "millis", rename = "first_byte_timeout_ms")]
+    pub first_byte_timeout: Duration,
+    /// How long a client may leave response bytes unaccepted (its receive
+    /// window full) before its connection is closed.
+    #[serde(serialize_with = "millis", rename = "send_stall_timeout_ms")]
+    pub send_stall_timeout: Duration,
 }
 
 /// Log output format.
@@ -454,6 +469,16 @@ pub const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:11434/v1";
 
 const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
 
+/// The default of three edge timeouts of `server:` (header read, body idle,
+/// a new connection's first byte), in milliseconds.
+pub const DEFAULT_EDGE_TIMEOUT_MS: u64 = 30_000;
+/// The default of `server.send_stall_timeout_ms`: nginx's `send_timeout`.
+pub const DEFAULT_SEND_STALL_TIMEOUT_MS: u64 = 60_000;
+/// The range of the edge timeouts, in milliseconds: under 100 ms a healthy
+/// client on a slow link would be cut off; over an hour a timeout no longer
+/// bounds anything an operator would notice.
+const EDGE_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
 /// Loads the configuration: `path` if given, else `AIBOX_CONFIG`, else
 /// [`crate::DEFAULT_CONFIG_PATH`] if it exists, else built-in defaults; then
 /// the environment overrides.
@@ -691,6 +716,32 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             ctx.invalid(&[Key("server"), Key("max_body_bytes")], msg, fix)
         });
     }
+    let edge_ms = |var: &'static str, name: &'static str, file: Option<u64>| {
+        edge_timeout(ctx, env, var, name, file, DEFAULT_EDGE_TIMEOUT_MS)
+    };
+    let header_read_timeout = edge_ms(
+        env::AIBOX_HEADER_READ_TIMEOUT_MS,
+        "header_read_timeout_ms",
+        rs.header_read_timeout_ms,
+    )?;
+    let body_idle_timeout = edge_ms(
+        env::AIBOX_BODY_IDLE_TIMEOUT_MS,
+        "body_idle_timeout_ms",
+        rs.body_idle_timeout_ms,
+    )?;
+    let first_byte_timeout = edge_ms(
+        env::AIBOX_FIRST_BYTE_TIMEOUT_MS,
+        "first_byte_timeout_ms",
+        rs.first_byte_timeout_ms,
+    )?;
+    let send_stall_timeout = edge_timeout(
+        ctx,
+        env,
+        env::AIBOX_SEND_STALL_TIMEOUT_MS,
+        "send_stall_timeout_ms",
+        rs.send_stall_timeout_ms,
+        DEFAULT_SEND_STALL_TIMEOUT_MS,
+    )?;
     let grace = rs.shutdown_grace_secs.unwrap_or(30);
     if grace > 3600 {
         return Err(ctx.invalid(
@@ -1265,6 +1316,10 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             data_dir,
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             shutdown_grace: Duration::from_secs(grace),
+            header_read_timeout,
+            body_idle_timeout,
+            first_byte_timeout,
+            send_stall_timeout,
         },
         log: LogConfig { format, level },
         database,
@@ -1505,6 +1560,44 @@ fn rate(r: Option<RawRate>, ctx: &Ctx<'_>, key: &[Seg<'_>]) -> Result<Rate, Conf
     })
 }
 
+/// One of the edge timeouts of `server:` in milliseconds: the environment
+/// variable `var` if set, else the file's value, else `default`; within
+/// [`EDGE_TIMEOUT_RANGE_MS`].
+fn edge_timeout(
+    ctx: &Ctx<'_>,
+    env: &Env,
+    var: &'static str,
+    name: &'static str,
+    file: Option<u64>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let dotted_key = format!("server.{name}");
+    let fix = format!(
+        "give milliseconds between {} and {} (default {default})",
+        EDGE_TIMEOUT_RANGE_MS.start(),
+        EDGE_TIMEOUT_RANGE_MS.end()
+    );
+    let v = match env.get(var) {
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| env_invalid(var, &dotted_key, format!("'{v}' is not a number"), &fix))?,
+        None => file.unwrap_or(default),
+    };
+    if !EDGE_TIMEOUT_RANGE_MS.contains(&v) {
+        let msg = format!(
+            "{v} ms is outside {}..={}",
+            EDGE_TIMEOUT_RANGE_MS.start(),
+            EDGE_TIMEOUT_RANGE_MS.end()
+        );
+        return Err(if env.contains_key(var) {
+            env_invalid(var, &dotted_key, msg, fix)
+        } else {
+            ctx.invalid(&[Seg::Key("server"), Seg::Key(name)], msg, fix)
+        });
+    }
+    Ok(Duration::from_millis(v))
+}
+
 fn timeouts(t: RawTimeouts, ctx: &Ctx<'_>, key: &[Seg<'_>]) -> Result<Timeouts, ConfigError> {
     let get = |name: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
         let v = v.unwrap_or(default);
@@ -1630,6 +1723,38 @@ mod tests {
         assert!(c.models.is_empty());
         assert!(!c.auth.enabled);
         assert!(matches!(c.database, DatabaseUrl::Sqlite(ref p) if p.ends_with("aibox.db")));
+    }
+
+    #[test]
+    fn issue9_edge_timeouts_default_override_and_range() {
+        let c = load_from_str("", None, &Env::new()).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.body_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.first_byte_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.send_stall_timeout, Duration::from_secs(60));
+        let c = load_from_str(
+            "server:\n  header_read_timeout_ms: 1500\n  body_idle_timeout_ms: 2500\n  first_byte_timeout_ms: 700\n  send_stall_timeout_ms: 900\n",
+            None,
+            &env(&[(env::AIBOX_SEND_STALL_TIMEOUT_MS, "4000")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(c.server.body_idle_timeout, Duration::from_millis(2500));
+        assert_eq!(c.server.first_byte_timeout, Duration::from_millis(700));
+        assert_eq!(c.server.send_stall_timeout, Duration::from_millis(4000));
+
+        let e = err("server:\n  listen: 127.0.0.1:1\n  header_read_timeout_ms: 0\n");
+        assert!(e.contains("server.header_read_timeout_ms"), "{e}");
+        assert!(e.contains("cfg.yaml:3"), "{e}");
+        assert!(e.contains("between 100 and 3600000"), "{e}");
+        let e = err("server:\n  send_stall_timeout_ms: 3600001\n");
+        assert!(e.contains("server.send_stall_timeout_ms"), "{e}");
+        let e = load_from_str("", None, &env(&[(env::AIBOX_BODY_IDLE_TIMEOUT_MS, "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(env::AIBOX_BODY_IDLE_TIMEOUT_MS), "{e}");
+        assert!(e.contains("server.body_idle_timeout_ms"), "{e}");
+        assert!(e.contains("'soon' is not a number"), "{e}");
     }
 
     #[test]

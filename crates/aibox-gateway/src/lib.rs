@@ -234,6 +234,7 @@ fn signers(
 /// The main (public) router.
 pub fn main_router(state: Arc<AppState>) -> Router {
     let max_body = state.config.server.max_body_bytes;
+    let body_idle = state.config.server.body_idle_timeout;
     let mut router = Router::new();
     if let Some(mcp) = &state.mcp {
         router = router.route_service(aibox_mcp::MCP_PATH, aibox_mcp::router(mcp.clone()));
@@ -265,20 +266,15 @@ pub fn main_router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         // A client that stops sending its body (after `Expect:
         // 100-continue`, or mid-upload) gets an error instead of holding the
-        // request forever; the timeout restarts with every frame received.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            BODY_IDLE_TIMEOUT,
-        ))
+        // request forever; the timeout (`server.body_idle_timeout_ms`)
+        // restarts with every frame received.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             edge::edge,
         ))
         .with_state(state)
 }
-
-/// The longest pause between two frames of a request body on the main
-/// listener.
-pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The ops router, for the ops listener only. Probes and metrics are open
 /// (metrics need the token on a non-loopback listener); every action needs

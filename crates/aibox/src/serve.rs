@@ -27,6 +27,28 @@ pub struct ServeArgs {
     danger_allow_unauthenticated_public_bind: bool,
 }
 
+/// Raises the soft limit of open file descriptors to the hard limit, as
+/// servers commonly do: every connection, upstream connection and database
+/// file is a descriptor, and the usual soft default (1024) is reached by a
+/// modest burst of clients long before memory or CPU are. The hard limit is
+/// the operator's (`LimitNOFILE=` in systemd, `ulimits` in Docker); when
+/// accept still runs out, the listener backs off and logs it (listen.rs).
+fn raise_nofile_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => tracing::debug!(
+            before = before.unwrap_or(0),
+            now,
+            "soft RLIMIT_NOFILE raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot raise the soft RLIMIT_NOFILE to the hard limit; a burst of connections \
+             may exhaust file descriptors sooner"
+        ),
+    }
+}
+
 /// Runs the server to completion.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -34,6 +56,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = aibox_config::load(args.config.as_deref(), &env)?;
     let telemetry = crate::telemetry::init(&cfg)?;
     check_exposure(&cfg, args.danger_allow_unauthenticated_public_bind)?;
+    raise_nofile_limit();
 
     create_private_dir(&cfg.server.data_dir)?;
     let dev = crate::devkeys::ensure(&cfg.server.data_dir, &mut env)?;
@@ -234,10 +257,26 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}; fix: set server.data_dir (AIBOX_DATA_DIR) to a writable path", dir.display()))
 }
 
-async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; fix: free the port or change {key}"))
+/// The listen backlog asked of the kernel, which caps it at
+/// `net.core.somaxconn` (4096 on current Linux). A burst of new connections
+/// waits there while the accept loop catches up; tokio's default of 1024
+/// would make the rest of a burst retry their SYNs a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restart may rebind at once while
+        // the previous process's connections sit in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen on {addr}; fix: free the port or change {key}"))
 }
 
 async fn serve(
@@ -321,23 +360,19 @@ async fn serve(
     let state = Arc::new(state);
     state.auth.preload().await;
 
-    let main_listener = bind(cfg.server.listen, "server.listen (AIBOX_LISTEN)").await?;
+    let main_listener = bind(cfg.server.listen, "server.listen (AIBOX_LISTEN)")?;
     let ops_listener = bind(
         cfg.server.ops_listen,
         "server.ops_listen (AIBOX_OPS_LISTEN)",
-    )
-    .await?;
+    )?;
     let main_addr = main_listener.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
     let dashboard_listener = if cfg.dashboard.enabled {
         check_dashboard_exposure(&cfg, state.dashboard.current().enabled())?;
-        Some(
-            bind(
-                cfg.dashboard.listen,
-                "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
-            )
-            .await?,
-        )
+        Some(bind(
+            cfg.dashboard.listen,
+            "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
+        )?)
     } else {
         None
     };
@@ -348,16 +383,19 @@ async fn serve(
     };
     // Without TCP_NODELAY, small SSE events wait for the client's delayed
     // ACK (Nagle): about 40 ms per event on a reused connection.
+    let edge = crate::listen::EdgeTimeouts::from_config(&cfg.server);
     let main_srv = crate::listen::serve(
         main_listener,
         aibox_gateway::main_router(state.clone()),
         true,
+        edge,
         stopped(stop_rx.clone()),
     );
     let ops_srv = crate::listen::serve(
         ops_listener,
         aibox_gateway::ops_router(state.clone()),
         false,
+        edge,
         stopped(stop_rx.clone()),
     );
     let mut main_task = tokio::spawn(main_srv);
@@ -369,6 +407,7 @@ async fn serve(
                 l,
                 aibox_gateway::dashboard::router(state.clone(), addr),
                 false,
+                edge,
                 stopped(stop_rx.clone()),
             );
             if !state.dashboard.current().enabled() {
