@@ -1452,18 +1452,23 @@ async fn single_use_captokens_are_spent_by_the_first_call_that_passes() {
     })
     .unwrap_err()
     .to_string();
-    assert!(bad.contains("AIBOX_MCP_CAPTOKEN_SINGLE_USE") && bad.contains("true or false"), "{bad}");
+    assert!(
+        bad.contains("AIBOX_MCP_CAPTOKEN_SINGLE_USE") && bad.contains("true or false"),
+        "{bad}"
+    );
     // No shared guard given: the gateway falls back to its own memory,
     // never to accepting replays.
     let gw = McpGateway::start(
         settings,
-        McpDeps::development(CapTokenVerifier::new(&fx.ring), Arc::new(MemoryAudit::new())).unwrap(),
+        McpDeps::development(
+            CapTokenVerifier::new(&fx.ring),
+            Arc::new(MemoryAudit::new()),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
-    let read = |token: &str| {
-        json!({"name": "filesystem__read_file", "arguments": {"path": "note.txt"}, "_meta": {"aibox/captoken": token}})
-    };
+    let read = |token: &str| json!({"name": "filesystem__read_file", "arguments": {"path": "note.txt"}, "_meta": {"aibox/captoken": token}});
     let ctx = |p| aibox_mcp::CallContext {
         principal: p,
         request_id: None,
@@ -1483,7 +1488,12 @@ async fn single_use_captokens_are_spent_by_the_first_call_that_passes() {
     assert_eq!(e.code, -32011);
     assert!(e.message.contains("already used"), "{}", e.message);
     let (fresh, _) = fx.token(&fx.alice, &["tool:filesystem/read_file"]);
-    assert!(gw.call_tool(&ctx(&fx.alice), Some(&read(&fresh))).await.0.is_ok());
+    assert!(
+        gw.call_tool(&ctx(&fx.alice), Some(&read(&fresh)))
+            .await
+            .0
+            .is_ok()
+    );
     gw.shutdown().await;
     fx.gw.shutdown().await;
 }
