@@ -430,7 +430,7 @@ def test_issue9_sigkill_of_one_replica_under_load_loses_no_acknowledged_turn(fle
     errors = [(s - killed_at, e - killed_at, o) for s, e, ok, o in results if not ok]
     before = [r for r in results if r[1] < killed_at]
     after = [r for r in results if r[0] > killed_at + 0.5]
-    assert len(before) > 30 and len(after) > 30, (len(before), len(after))
+    assert len(before) > 10 and len(after) > 10, (len(before), len(after))
     # Only requests that were in flight on the killed replica may fail: at
     # most one per client, all started before the kill.
     assert len(errors) <= CLIENTS, errors
