@@ -15,6 +15,7 @@ SIGTERM and must exit 0; fake upstreams are stopped after the gateways.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,8 +23,9 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import httpx
 import openai
@@ -71,6 +73,36 @@ def _binary(path: Path) -> str:
             pytrace=False,
         )
     return str(path)
+
+
+#: A PostgreSQL server where the test user may CREATE DATABASE (the shared
+#: one of README "Run the tests"); each test makes its own database there.
+POSTGRES_ADMIN_URL = os.environ.get("E2E_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "aibox_e2e") -> Iterator[str]:
+    """Creates a database with a random name on the PostgreSQL at
+    POSTGRES_ADMIN_URL, yields its URL, and drops it afterwards (closing
+    whatever still uses it). Fails the test with the fix if the server does
+    not answer."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({e}); start it (`.ci/run` does) "
+            "or point E2E_POSTGRES_URL at a server where this user may CREATE DATABASE",
+            pytrace=False,
+        )
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def dead_port() -> int:

@@ -31,7 +31,7 @@ import jwt
 import openai
 import pytest
 
-from conftest import _AIBOX_LINE, Aibox, Cluster, base_config, dead_port, model, to_yaml
+from conftest import _AIBOX_LINE, Aibox, Cluster, base_config, dead_port, fresh_postgres_database, model, to_yaml
 from identity_kit import (
     Client,
     OidcProvider,
@@ -557,27 +557,10 @@ def test_api_key_expired_wrong_secret_and_malformed_are_refused(cluster: Cluster
     assert any(line.split()[-1] == "expired" for line in listing.splitlines()[1:]), listing
 
 
-def _postgres_admin_url() -> str:
-    return os.environ.get("E2E_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-
-
 def test_api_keys_on_real_postgresql(cluster: Cluster):
     import psycopg
 
-    admin_url = _postgres_admin_url()
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {admin_url} ({e}); start it (`.ci/run` does) "
-            "or point E2E_POSTGRES_URL at a server where this user may CREATE DATABASE",
-            pytrace=False,
-        )
-    db = f"aibox_e2e_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{db}"')
-    try:
-        base = admin_url.rsplit("/", 1)[0]
-        db_url = f"{base}/{db}"
+    with fresh_postgres_database() as db_url:
         fake = cluster.fake_upstream()
         svc = RecordingServer()
         cluster._closers.append(svc.close)
@@ -604,11 +587,7 @@ def test_api_keys_on_real_postgresql(cluster: Cluster):
         rid = "pg-revoked"
         r = gw.http().post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}", "x-request-id": rid})
         assert_refused(r, gw, rid, "revoked_api_key", key)
-    finally:
-        for gw in cluster.gateways:
-            gw.proc.stop(10)
-        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
+        gw.proc.stop(10)
 
 
 # --------------------------------------------------------------------------

@@ -58,12 +58,12 @@ def local_now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def fresh_window(now_ms) -> int:
-    """Sleeps into the next window if fewer than 6 s remain in this one;
-    returns the window the test runs in."""
+def fresh_window(now_ms, min_left_ms: int = MIN_WINDOW_LEFT_MS) -> int:
+    """Sleeps into the next window if fewer than `min_left_ms` (6 s) remain
+    in this one; returns the window the test runs in."""
     now = now_ms()
     left = WINDOW_MS - now % WINDOW_MS
-    if left < MIN_WINDOW_LEFT_MS:
+    if left < min_left_ms:
         time.sleep(left / 1000 + 0.2)
         now = now_ms()
     return now // WINDOW_MS

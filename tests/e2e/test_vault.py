@@ -18,10 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import Aibox, Cluster, base_config
+from conftest import Aibox, Cluster, base_config, fresh_postgres_database
 from identity_kit import keyring_value, new_secret, parse_keyring, read_env_file
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def api_key(cluster: Cluster, gw: Aibox, tenant: str, user: str) -> str:
@@ -111,20 +109,14 @@ def test_vault_round_trip_isolation_and_audit_on_sqlite(cluster: Cluster):
 
 
 def test_vault_on_postgres(cluster: Cluster):
-    name = f"aibox_vault_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    try:
-        gw = gateway(cluster, {}, database=f"postgres://postgres@127.0.0.1:5432/{name}")
+    with fresh_postgres_database("aibox_vault") as url:
+        gw = gateway(cluster, {}, database=url)
         exercise(cluster, gw)
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}") as c:
+        with psycopg.connect(url) as c:
             rows = c.execute("SELECT user_id, name, master_kid, ciphertext FROM vault_secrets").fetchall()
         assert [(r[0], r[1]) for r in rows] == [("alice", "github-token")]
         assert b"VaultE2E" not in bytes(rows[0][3])
         gw.proc.stop(10.0)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_master_key_rotation_resumes_and_loses_nothing(cluster: Cluster):

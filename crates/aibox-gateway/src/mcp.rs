@@ -15,7 +15,7 @@ use aibox_core::TenantId;
 use aibox_core::audit::AuditEvent;
 use aibox_core::audit::{GuardAction, GuardStage};
 use aibox_core::{Principal, Secret};
-use aibox_identity::CapTokenVerifier;
+use aibox_identity::{AnyReplayGuard, CapTokenVerifier, RedisReplayGuard};
 use aibox_mcp::{
     BoxFuture, EnvSecrets, GuardOutcome, HttpEgress, McpDeps, SandboxRecord, SecretSource,
     ToolAudit, ToolCallRecord, ToolGuard,
@@ -237,7 +237,19 @@ pub async fn start(
     store: aibox_store::Store,
     guardrail: Arc<crate::guard::GuardrailHandle>,
     route_audiences: Vec<String>,
+    redis_url: Option<&Secret>,
 ) -> Result<Arc<McpGateway>, McpError> {
+    // Replicas share used CapToken ids through Redis, so a single-use token
+    // spent on one replica is refused on all of them; checked now, so a
+    // wrong address fails start-up rather than every tool call.
+    let replay = match (prepared.settings.captoken_single_use, redis_url) {
+        (true, Some(url)) => Some(AnyReplayGuard::Redis(
+            RedisReplayGuard::connect(url, aibox_identity::replay::DEFAULT_REDIS_PREFIX)
+                .await
+                .map_err(|e| McpError::ReplayStore(e.operator_hint()))?,
+        )),
+        _ => None,
+    };
     let egress = aibox_egress::EgressGuard::with_system_resolver(prepared.egress)
         .map_err(|e| McpError::Client(e.to_string()))?;
     let (tenant, user) = prepared.owner;
@@ -252,6 +264,7 @@ pub async fn start(
             user,
             fallback: prepared.secrets,
         }),
+        replay,
     };
     McpGateway::start(prepared.settings, deps).await
 }

@@ -366,10 +366,24 @@ impl CapTokenVerifier {
         guard: &G,
     ) -> Result<CapTokenClaims, VerifyError> {
         let claims = self.verify(token, expected_turn, required_op, now)?;
+        self.consume(&claims, guard).await?;
+        Ok(claims)
+    }
+
+    /// Records the `jti` of claims that [`CapTokenVerifier::verify`]
+    /// accepted in `guard`, refusing a second use. For callers that check
+    /// more (the principal, say) between verifying and consuming, so that a
+    /// token refused for another reason is not used up. A guard that cannot
+    /// answer refuses the token.
+    pub async fn consume<G: ReplayGuard>(
+        &self,
+        claims: &CapTokenClaims,
+        guard: &G,
+    ) -> Result<(), VerifyError> {
         // Remember the id as long as any verifier could still accept it.
         let until = claims.expires_at() + self.leeway;
         match guard.first_use(&claims.jti, until).await {
-            Ok(true) => Ok(claims),
+            Ok(true) => Ok(()),
             Ok(false) => Err(VerifyError::Replayed),
             Err(e) => Err(VerifyError::ReplayCheck(e)),
         }

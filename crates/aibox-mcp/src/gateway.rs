@@ -31,7 +31,9 @@ use aibox_core::audit::{
     AuditEvent, EventKind, GuardAction, GuardStage, Sha256Hex, ToolOutcome, TurnStatus,
 };
 use aibox_core::{Principal, RequestId, TurnId};
-use aibox_identity::{CapTokenClaims, CapTokenVerifier, VerifyError};
+use aibox_identity::{
+    AnyReplayGuard, CapTokenClaims, CapTokenVerifier, MemoryReplayGuard, VerifyError,
+};
 use serde_json::{Map, Value, json};
 
 use crate::fetch::FetchServer;
@@ -77,6 +79,9 @@ pub mod env {
     pub const AIBOX_MCP_ALLOWED_ORIGINS: &str = "AIBOX_MCP_ALLOWED_ORIGINS";
     /// The CapToken audience the gateway accepts (default `aibox-mcp`).
     pub const AIBOX_MCP_CAPTOKEN_AUDIENCE: &str = "AIBOX_MCP_CAPTOKEN_AUDIENCE";
+    /// `false` (default) or `true`: whether each `tools/call` uses up its
+    /// CapToken (a second call with the same token is refused as a replay).
+    pub const AIBOX_MCP_CAPTOKEN_SINGLE_USE: &str = "AIBOX_MCP_CAPTOKEN_SINGLE_USE";
     /// The directory of the built-in filesystem server.
     pub const FILESYSTEM_ROOT: &str = super::FILESYSTEM_ROOT_ENV;
 }
@@ -115,6 +120,9 @@ pub enum McpError {
         /// The rule that refused it.
         why: String,
     },
+    /// Single-use CapTokens are on and their shared store did not answer.
+    #[error("AIBOX_MCP_CAPTOKEN_SINGLE_USE is on, but {0}")]
+    ReplayStore(String),
     /// The development egress client could not be built.
     #[error("cannot build the HTTP client for MCP servers: {0}")]
     Client(String),
@@ -133,6 +141,8 @@ pub struct McpSettings {
     pub allowed_origins: Vec<String>,
     /// The CapToken audience accepted.
     pub captoken_audience: String,
+    /// Whether each `tools/call` uses up its CapToken.
+    pub captoken_single_use: bool,
     /// `FILESYSTEM_ROOT`, if set.
     pub filesystem_root: Option<PathBuf>,
     /// `$HOME`, for the filesystem root check.
@@ -151,6 +161,7 @@ impl McpSettings {
             require_captoken: true,
             allowed_origins: Vec::new(),
             captoken_audience: DEFAULT_CAPTOKEN_AUDIENCE.to_owned(),
+            captoken_single_use: false,
             filesystem_root: None,
             home: None,
             sandbox_launcher: PathBuf::from("/proc/self/exe"),
@@ -164,19 +175,22 @@ impl McpSettings {
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, McpError> {
         let mut s = Self::new(data_dir);
-        if let Some(v) = get(env::AIBOX_MCP_REQUIRE_CAPTOKEN) {
-            s.require_captoken = match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => {
-                    return Err(McpError::Setting {
-                        name: env::AIBOX_MCP_REQUIRE_CAPTOKEN,
-                        value: v,
-                        why: "use true or false".into(),
-                    });
-                }
+        let flag = |name: &'static str, default: bool| -> Result<bool, McpError> {
+            let Some(v) = get(name) else {
+                return Ok(default);
             };
-        }
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(McpError::Setting {
+                    name,
+                    value: v,
+                    why: "use true or false".into(),
+                }),
+            }
+        };
+        s.require_captoken = flag(env::AIBOX_MCP_REQUIRE_CAPTOKEN, s.require_captoken)?;
+        s.captoken_single_use = flag(env::AIBOX_MCP_CAPTOKEN_SINGLE_USE, s.captoken_single_use)?;
         if let Some(v) = get(env::AIBOX_MCP_CALL_TIMEOUT_MS) {
             let ms = v
                 .trim()
@@ -232,6 +246,11 @@ pub struct McpDeps {
     pub egress: Arc<dyn HttpEgress>,
     /// The vault.
     pub secrets: Arc<dyn SecretSource>,
+    /// Where used CapToken ids are remembered when
+    /// `AIBOX_MCP_CAPTOKEN_SINGLE_USE` is on: Redis when replicas share one
+    /// (so a token used on one replica is refused on every other), else
+    /// this process's memory (the default when `None`).
+    pub replay: Option<AnyReplayGuard>,
 }
 
 impl McpDeps {
@@ -247,6 +266,7 @@ impl McpDeps {
             guard: Arc::new(NoGuard),
             egress: Arc::new(UncheckedEgress::new().map_err(|e| McpError::Client(e.to_string()))?),
             secrets: Arc::new(NoSecrets),
+            replay: None,
         })
     }
 }
@@ -263,6 +283,8 @@ pub struct McpGateway {
     pub(crate) origin: OriginPolicy,
     pub(crate) sessions: SessionStore,
     verifier: arc_swap::ArcSwap<CapTokenVerifier>,
+    /// Set when CapTokens are single-use.
+    replay: Option<AnyReplayGuard>,
     audit: Arc<dyn ToolAudit>,
     guard: Arc<dyn ToolGuard>,
 }
@@ -472,8 +494,16 @@ impl McpGateway {
         tracing::info!(
             servers = %servers.iter().map(|s| format!("{}({})", s.spec.name, s.spec.transport.kind())).collect::<Vec<_>>().join(","),
             require_captoken = settings.require_captoken,
+            captoken_single_use = settings.captoken_single_use,
             "MCP gateway started"
         );
+        // Single-use without a shared store still refuses replays within
+        // this process, rather than not at all.
+        let replay = match (settings.captoken_single_use, deps.replay) {
+            (false, _) => None,
+            (true, Some(guard)) => Some(guard),
+            (true, None) => Some(AnyReplayGuard::Memory(MemoryReplayGuard::default())),
+        };
         let verifier = deps
             .captoken
             .with_audience(settings.captoken_audience.clone());
@@ -483,6 +513,7 @@ impl McpGateway {
             origin,
             sessions: SessionStore::default(),
             verifier: arc_swap::ArcSwap::from_pointee(verifier),
+            replay,
             audit: deps.audit,
             guard: deps.guard,
         }))
@@ -588,6 +619,29 @@ impl McpGateway {
             return Err(Denial::CapTokenWrongPrincipal);
         }
         Ok(claims)
+    }
+
+    /// With single-use CapTokens, uses up the token of a call that passed
+    /// every other check; a replay is refused, and so is every call while
+    /// the replay store cannot answer (fail closed).
+    async fn consume_captoken(&self, claims: &CapTokenClaims) -> Result<(), Stop> {
+        let Some(guard) = &self.replay else {
+            return Ok(());
+        };
+        match self.verifier.load().consume(claims, guard).await {
+            Ok(()) => Ok(()),
+            Err(VerifyError::ReplayCheck(e)) => {
+                tracing::error!(error = %e.operator_hint(), "tools/call refused: the CapToken replay store did not answer");
+                Err(Stop::Failed {
+                    code: codes::UPSTREAM_UNAVAILABLE,
+                    message: "single-use CapTokens cannot be checked right now, so the call is refused; retry later (the operator sees why in the logs)".into(),
+                    reason: "replay_check_failed".into(),
+                })
+            }
+            Err(other) => Err(Stop::Denied(Denial::CapTokenInvalid {
+                why: other.to_string(),
+            })),
+        }
     }
 
     /// The tools `principal` may call, namespaced. With a CapToken, only
@@ -707,6 +761,7 @@ impl McpGateway {
                     let claims = self
                         .check_captoken(t, ctx.principal, &op)
                         .map_err(Stop::Denied)?;
+                    self.consume_captoken(&claims).await?;
                     parent_turn = Some(claims.turn);
                 }
                 None if self.settings.require_captoken => {

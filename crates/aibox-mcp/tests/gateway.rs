@@ -313,6 +313,7 @@ async fn fixture(guard: Arc<dyn ToolGuard>) -> Fx {
         guard,
         egress: Arc::new(UncheckedEgress::new().unwrap()),
         secrets: Arc::new(EnvSecrets::from_env(&secrets)),
+        replay: None,
     };
     let gw = McpGateway::start(settings, deps).await.unwrap();
     Fx {
@@ -1428,6 +1429,71 @@ async fn captoken_can_be_made_optional_but_a_presented_one_is_still_checked() {
         .call_tool(&ctx, Some(&json!({"name": "filesystem__read_file", "arguments": {"path": "note.txt"}, "_meta": {"aibox/captoken": "bad"}})))
         .await;
     assert_eq!(r.unwrap_err().code, -32011);
+    gw.shutdown().await;
+    fx.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn single_use_captokens_are_spent_by_the_first_call_that_passes() {
+    let fx = fixture(Arc::new(NoGuard)).await;
+    let data = fx.gw.settings().mcp_dir.parent().unwrap().to_path_buf();
+    let env: HashMap<String, String> = [
+        ("AIBOX_MCP_CAPTOKEN_SINGLE_USE".to_owned(), "yes".to_owned()),
+        (
+            "FILESYSTEM_ROOT".to_owned(),
+            fx.fs_root.display().to_string(),
+        ),
+    ]
+    .into();
+    let settings = McpSettings::from_env(&data, |k| env.get(k).cloned()).unwrap();
+    assert!(settings.captoken_single_use);
+    let bad = McpSettings::from_env(&data, |k| {
+        (k == "AIBOX_MCP_CAPTOKEN_SINGLE_USE").then(|| "maybe".to_owned())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("AIBOX_MCP_CAPTOKEN_SINGLE_USE") && bad.contains("true or false"),
+        "{bad}"
+    );
+    // No shared guard given: the gateway falls back to its own memory,
+    // never to accepting replays.
+    let gw = McpGateway::start(
+        settings,
+        McpDeps::development(
+            CapTokenVerifier::new(&fx.ring),
+            Arc::new(MemoryAudit::new()),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let read = |token: &str| json!({"name": "filesystem__read_file", "arguments": {"path": "note.txt"}, "_meta": {"aibox/captoken": token}});
+    let ctx = |p| aibox_mcp::CallContext {
+        principal: p,
+        request_id: None,
+        captoken: None,
+        body_sha256: aibox_core::audit::Sha256Hex::of(b""),
+    };
+    let (token, _) = fx.token(&fx.alice, &["tool:filesystem/read_file"]);
+    // Refused for another reason first (a caller the server does not
+    // admit, holding Alice's token): not spent.
+    let bob = principal("acme", "bob", &[]);
+    let (r, _) = gw.call_tool(&ctx(&bob), Some(&read(&token))).await;
+    assert_eq!(r.unwrap_err().code, -32010);
+    let (r, _) = gw.call_tool(&ctx(&fx.alice), Some(&read(&token))).await;
+    assert!(r.is_ok(), "{r:?}");
+    let (r, _) = gw.call_tool(&ctx(&fx.alice), Some(&read(&token))).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code, -32011);
+    assert!(e.message.contains("already used"), "{}", e.message);
+    let (fresh, _) = fx.token(&fx.alice, &["tool:filesystem/read_file"]);
+    assert!(
+        gw.call_tool(&ctx(&fx.alice), Some(&read(&fresh)))
+            .await
+            .0
+            .is_ok()
+    );
     gw.shutdown().await;
     fx.gw.shutdown().await;
 }

@@ -334,6 +334,7 @@ async fn serve(
         store.clone(),
         guardrail.clone(),
         cfg.routes.iter().map(|r| r.audience.clone()).collect(),
+        cfg.redis_url.as_ref(),
     )
     .await?;
     let mut state = AppState::new(
