@@ -252,9 +252,9 @@ def test_issue8_forged_id_tokens_are_refused(cluster):
     port = dead_port()
     d = sso_dashboard(cluster, auth, "dash", "dash-secret", port)
 
-    def claims(nonce: str, **over: Any) -> dict[str, Any]:
+    def claims(n: str, /, **over: Any) -> dict[str, Any]:
         now = int(time.time())
-        c = {"iss": iss, "sub": "u1", "aud": "dash", "iat": now, "exp": now + 300, "nonce": nonce,
+        c = {"iss": iss, "sub": "u1", "aud": "dash", "iat": now, "exp": now + 300, "nonce": n,
              **USERS["alice"]}
         c.update(over)
         return {k: v for k, v in c.items() if v is not None}

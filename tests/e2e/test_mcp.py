@@ -553,8 +553,13 @@ def test_issue8_tool_call_metrics_by_server_tool_and_verdict_with_bounded_labels
     import shutil
     import subprocess
 
-    before, _ = _tool_samples(env)
     token, _ = captoken("acme", "alice", ["tool:local/*", "tool:nosuch/*"])
+    # The stdio server may still be starting (on a busy machine beyond the
+    # 2 s call timeout): wait until it answers, then count.
+    for _ in range(10):
+        if not isinstance(call(env, env.alice, "local__echo", {"text": "warm"}, token), McpError):
+            break
+    before, _ = _tool_samples(env)
     assert text(call(env, env.alice, "local__add", {"a": 1, "b": 2}, token)) == "3"
     assert text(call(env, env.alice, "local__add", {"a": 2, "b": 2}, token)) == "4"
     assert isinstance(call(env, env.alice, "local__danger", {}, token), McpError)

@@ -57,7 +57,11 @@ function showLogin(message) {
   $("login-error").textContent = message || "";
   fetch("/api/login/methods", { credentials: "same-origin" })
     .then(r => r.json())
-    .then(m => { $("sso").hidden = !m.sso; })
+    .then(m => {
+      $("sso").hidden = !m.sso;
+      // With SSO only, there is no secret to type.
+      $("login-form").hidden = !(m.token || m.password) && m.sso;
+    })
     .catch(() => {});
 }
 
