@@ -161,7 +161,9 @@ def test_issue8_sso_login_in_the_browser_admin_in_and_non_admin_refused(cluster,
 
     # Bob has no admin role: the provider logs him in, aibox refuses him.
     page.click("#logout")
-    page.wait_for_selector("#login-form", state="visible")
+    page.wait_for_selector("#sso-login", state="visible")
+    # SSO only: no secret form to fill in.
+    assert page.is_hidden("#login-form")
     browser.clear_cookies()
     page.goto(d.url + "/")
     page.click("#sso-login")
