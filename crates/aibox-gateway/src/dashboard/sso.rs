@@ -412,11 +412,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_s256_matches_rfc7636_appendix_b() {
-        assert_eq!(
-            s256("dBjftJeZ4CVP-mJ92ZVVqnvNvlN2fL8rVZ8s4GrjQmL"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
+    fn pkce_s256_is_unpadded_base64url_of_sha256() {
+        // SHA-256("abc") is the FIPS 180-2 test vector ba7816bf...f20015ad.
+        assert_eq!(s256("abc"), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
     }
 
     #[test]
