@@ -159,6 +159,8 @@ class Client:
     claims: dict[str, Any]
     auth_method: str = "client_secret_basic"
     client_secret: str = field(default_factory=lambda: "cs-" + secrets.token_urlsafe(24))
+    #: Set for a login client (authorization code grant with PKCE).
+    redirect_uris: list[str] = field(default_factory=list)
 
     def as_config(self) -> dict[str, Any]:
         return {
@@ -166,6 +168,7 @@ class Client:
             "client_secret": self.client_secret,
             "auth_method": self.auth_method,
             "claims": self.claims,
+            "redirect_uris": self.redirect_uris,
         }
 
 
@@ -183,6 +186,7 @@ class OidcProvider:
         clients: Sequence[Client],
         resources: Mapping[str, Mapping[str, Any]] | None = None,
         keys: Sequence[SigningKey] | None = None,
+        users: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         node = _require_node()
         self.dir = cluster._dir("oidc-")
@@ -203,6 +207,7 @@ class OidcProvider:
             "resources": self.resources,
             "default_resource": next(iter(self.resources)),
             "clients": [c.as_config() for c in clients],
+            "users": dict(users or {}),
         }
         cfg_path = self.dir / "provider.json"
         cfg_path.write_text(json.dumps(config, indent=2))

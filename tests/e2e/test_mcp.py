@@ -531,3 +531,57 @@ def test_stdio_secrets_come_from_the_vault(cluster: Cluster):
     token, _ = captoken("acme", "alice", ["tool:local/env_value"])
     assert text(call(env, alice, "local__env_value", {"name": "API_TOKEN"}, token)) == value
     assert value not in gw.stderr() and value not in (cwd / "data" / "mcp" / "registry.json").read_text()
+
+
+def _tool_samples(env: Env) -> tuple[dict[tuple[str, str, str], float], str]:
+    """`aibox_mcp_tool_calls_total` by (server, tool, verdict), parsed by the
+    official client's strict OpenMetrics parser, and the text-format
+    exposition (for promtool)."""
+    from test_metrics import OPENMETRICS, families
+
+    om = env.gw.ops().get("/metrics", headers=OPENMETRICS).text
+    fams = families(om)
+    out = {}
+    if "aibox_mcp_tool_calls" in fams:
+        for s in fams["aibox_mcp_tool_calls"].samples:
+            if s.name == "aibox_mcp_tool_calls_total":
+                out[(s.labels["server"], s.labels["tool"], s.labels["verdict"])] = s.value
+    return out, env.gw.ops().get("/metrics").text
+
+
+def test_issue8_tool_call_metrics_by_server_tool_and_verdict_with_bounded_labels(env: Env):
+    import shutil
+    import subprocess
+
+    token, _ = captoken("acme", "alice", ["tool:local/*", "tool:nosuch/*"])
+    # The stdio server may still be starting (on a busy machine beyond the
+    # 2 s call timeout): wait until it answers, then count.
+    for _ in range(10):
+        if not isinstance(call(env, env.alice, "local__echo", {"text": "warm"}, token), McpError):
+            break
+    before, _ = _tool_samples(env)
+    assert text(call(env, env.alice, "local__add", {"a": 1, "b": 2}, token)) == "3"
+    assert text(call(env, env.alice, "local__add", {"a": 2, "b": 2}, token)) == "4"
+    assert isinstance(call(env, env.alice, "local__danger", {}, token), McpError)
+    # Names a client invents: an unknown server, unknown tools.
+    for i in range(3):
+        assert isinstance(call(env, env.alice, f"nosuch__invented-{i}", {}, token), McpError)
+        assert isinstance(call(env, env.alice, f"local__invented-{i}", {}, token), McpError)
+    after, text_004 = _tool_samples(env)
+
+    def delta(*key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("local", "add", "ok") == 2
+    assert delta("local", "danger", "denied") == 1
+    assert delta("_other", "_other", "denied") == 3
+    assert delta("local", "_other", "denied") == 3
+    assert not [k for k in after if "invented" in k[1] or k[0] == "nosuch"], after
+    # The duration histogram, with the same bounded labels.
+    assert 'aibox_mcp_tool_call_duration_seconds_count{server="local",tool="add"}' in text_004
+    assert "invented" not in text_004 and "nosuch" not in text_004
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found; install Debian's `prometheus` package (.ci/run does)", pytrace=False)
+    r = subprocess.run([promtool, "check", "metrics"], input=text_004, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"promtool rejected the exposition:\n{r.stdout}\n{r.stderr}"

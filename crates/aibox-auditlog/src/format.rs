@@ -278,6 +278,26 @@ pub struct BundleRow {
     pub row_hash: String,
 }
 
+/// One row of a page of a tenant's log ([`crate::AuditLog::page`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRow {
+    /// The tenant-wide sequence number.
+    pub seq: u64,
+    /// The turn id column, `null` for turnless events.
+    pub turn: Option<String>,
+    /// The event's canonical JSON text.
+    pub event: String,
+}
+
+/// A page of a tenant's log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The rows, by descending seq.
+    pub rows: Vec<PageRow>,
+    /// The newest seq of the whole log (0 when empty): its row count.
+    pub last_seq: u64,
+}
+
 /// One envelope of an export bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleEnvelope {

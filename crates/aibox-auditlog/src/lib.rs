@@ -210,7 +210,8 @@ use tokio::sync::oneshot;
 pub use error::{AuditLogError, ReceiptError};
 pub use format::{
     BUNDLE_FORMAT, Bundle, BundleCheckpoint, BundleEnvelope, BundleRow, ConsistencyProof,
-    GENESIS_ROW_HASH, PublicKeyRecord, RECEIPT_FORMAT, Receipt, SignatureCheck, TurnRecord,
+    GENESIS_ROW_HASH, LogPage, PageRow, PublicKeyRecord, RECEIPT_FORMAT, Receipt,
+    SignatureCheck, TurnRecord,
     VerifyReport, key_fingerprint, row_hash,
 };
 pub use verify::{
@@ -633,6 +634,20 @@ impl AuditLog {
             ));
         }
         Ok(report)
+    }
+
+    /// At most `limit` rows of the tenant's log with a seq below `before`
+    /// (all when `None`), newest first, only events of type `kind` when
+    /// given; one indexed range read, never the whole log.
+    pub async fn page(
+        &self,
+        tenant: &TenantId,
+        before: Option<u64>,
+        limit: usize,
+        kind: Option<&str>,
+    ) -> Result<LogPage, AuditLogError> {
+        let kind = kind.map(str::to_owned);
+        dispatch!(self, b => b.page(tenant, before, limit, kind).await)
     }
 
     /// Exports the tenant's whole log as a bundle (see the crate docs).

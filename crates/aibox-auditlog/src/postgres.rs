@@ -693,6 +693,43 @@ impl PgLog {
             .collect()
     }
 
+    /// A page of one tenant's log, newest first (see `AuditLog::page`).
+    pub(crate) async fn page(
+        &self,
+        tenant: &TenantId,
+        before: Option<u64>,
+        limit: usize,
+        kind: Option<String>,
+    ) -> Result<format::LogPage, AuditLogError> {
+        let mut c = client(&self.pool).await?;
+        let tx = Self::snapshot(&mut c).await?;
+        let t = tenant.as_str();
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = tx
+            .query(
+                "SELECT seq, turn, event FROM audit_rows
+                 WHERE tenant = $1 AND seq < $2
+                   AND ($3::text IS NULL OR (event::jsonb)->>'type' = $3)
+                 ORDER BY seq DESC LIMIT $4",
+                &[&t, &before, &kind, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                Ok(format::PageRow {
+                    seq: u64::try_from(r.try_get::<_, i64>(0).map_err(pg)?).unwrap_or(0),
+                    turn: r.try_get(1).map_err(pg)?,
+                    event: r.try_get(2).map_err(pg)?,
+                })
+            })
+            .collect::<Result<Vec<_>, AuditLogError>>()?;
+        let last_seq = read_head(&*tx, t).await?.map_or(0, |h| h.last_seq);
+        Ok(format::LogPage { rows, last_seq })
+    }
+
     /// Opens a snapshot (REPEATABLE READ, read-only) transaction, so that
     /// rows, envelopes, checkpoints and the head are read as of one moment
     /// while writers keep appending.

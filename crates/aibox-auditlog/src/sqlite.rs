@@ -484,6 +484,53 @@ impl SqliteLog {
         .await
     }
 
+    /// A page of one tenant's log, newest first (see `AuditLog::page`).
+    pub(crate) async fn page(
+        &self,
+        tenant: &aibox_core::TenantId,
+        before: Option<u64>,
+        limit: usize,
+        kind: Option<String>,
+    ) -> Result<format::LogPage, AuditLogError> {
+        let tenant = tenant.as_str().to_owned();
+        self.read(move |conn, _, _| {
+            let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, turn, event FROM audit_rows
+                     WHERE tenant = ?1 AND seq < ?2
+                       AND (?3 IS NULL OR json_extract(event, '$.type') = ?3)
+                     ORDER BY seq DESC LIMIT ?4",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params![tenant, before, kind, limit], |r| {
+                    Ok(format::PageRow {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        turn: r.get(1)?,
+                        event: r.get(2)?,
+                    })
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            let last_seq: Option<i64> = conn
+                .query_row(
+                    "SELECT last_seq FROM audit_heads WHERE tenant = ?1",
+                    [&tenant],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            Ok(format::LogPage {
+                rows,
+                last_seq: last_seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
     /// Verifies one tenant's log on its own read-only connection.
     pub(crate) async fn verify(
         &self,

@@ -75,6 +75,22 @@ pub struct RawDashboard {
     /// Mark the session cookie `Secure` (default: when `listen` is not
     /// loopback, where a TLS-terminating proxy must be in front).
     pub secure_cookie: Option<bool>,
+    /// Single sign-on through `auth.issuer` (authorization code with PKCE).
+    pub oidc: Option<RawDashboardOidc>,
+}
+
+/// `dashboard.oidc:`: the dashboard's own confidential client at the
+/// identity provider, for the "Log in with SSO" button.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboardOidc {
+    /// The client id (the audience of its ID tokens).
+    pub client_id: String,
+    /// The variable holding the client secret.
+    pub client_secret_env: String,
+    /// The callback URL registered at the provider
+    /// (`https://dashboard.example.com/oidc/callback`).
+    pub redirect_url: String,
 }
 
 /// `egress:`: the policy of the SSRF-safe egress client (seed 004 §1, §2).

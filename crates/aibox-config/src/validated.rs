@@ -90,6 +90,24 @@ pub struct DashboardConfig {
     pub session_ttl: Duration,
     /// Whether the session cookie is `Secure`.
     pub secure_cookie: bool,
+    /// Single sign-on through `auth.issuer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<DashboardOidcConfig>,
+}
+
+/// `dashboard.oidc:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardOidcConfig {
+    /// The dashboard's client id at the provider.
+    pub client_id: String,
+    /// The variable the secret came from.
+    pub client_secret_env: String,
+    /// The secret; never serialised.
+    #[serde(skip)]
+    pub client_secret: Secret,
+    /// The registered callback URL.
+    #[serde(serialize_with = "url_text")]
+    pub redirect_url: url::Url,
 }
 
 /// `egress:`, checked by building the policy it describes.
@@ -790,7 +808,9 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             "give a login lifetime between one minute and one day (default 3600)",
         ));
     }
-    let dashboard = DashboardConfig {
+    let rd_oidc = rd.oidc;
+    let mut dashboard = DashboardConfig {
+        oidc: None,
         enabled: dashboard_enabled,
         listen: dashboard_listen,
         session_ttl: Duration::from_secs(session_ttl),
@@ -1308,6 +1328,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         });
     }
 
+    dashboard.oidc = dashboard_oidc(rd_oidc, &auth, ctx, env)?;
     Ok(Config {
         source: ctx.path.map(Path::to_path_buf),
         server: ServerConfig {
@@ -1345,6 +1366,86 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         dashboard,
         telemetry,
     })
+}
+
+/// `dashboard.oidc`: needs OIDC on (`auth.enabled` and `auth.issuer`), a
+/// secret in the named variable, and a callback URL that is `https` unless
+/// it is on loopback (the authorization code travels in it).
+fn dashboard_oidc(
+    raw: Option<crate::raw::RawDashboardOidc>,
+    auth: &AuthConfig,
+    ctx: &Ctx<'_>,
+    env: &Env,
+) -> Result<Option<DashboardOidcConfig>, ConfigError> {
+    use Seg::Key;
+    let Some(o) = raw else {
+        return Ok(None);
+    };
+    let key = |k| [Key("dashboard"), Key("oidc"), Key(k)];
+    if !auth.enabled || auth.issuer.is_none() {
+        return Err(ctx.invalid(
+            &[Key("dashboard"), Key("oidc")],
+            "SSO needs an identity provider, and auth.enabled is false or auth.issuer is unset",
+            "set auth.enabled: true and auth.issuer, or remove dashboard.oidc",
+        ));
+    }
+    if o.client_id.is_empty() {
+        return Err(ctx.invalid(
+            &key("client_id"),
+            "it is empty",
+            "give the dashboard's client id at the identity provider",
+        ));
+    }
+    let client_secret = match env.get(&o.client_secret_env) {
+        Some(v) if !v.is_empty() => Secret::new(v.clone()),
+        _ => {
+            return Err(ctx.invalid(
+                &key("client_secret_env"),
+                format!(
+                    "environment variable {} is not set or empty",
+                    o.client_secret_env
+                ),
+                format!(
+                    "export {} (or put it in .env) with the client secret of {}",
+                    o.client_secret_env, o.client_id
+                ),
+            ));
+        }
+    };
+    let redirect_url = match url::Url::parse(&o.redirect_url) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => u,
+        Ok(u)
+            if u.scheme() == "http"
+                && match u.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                } =>
+        {
+            u
+        }
+        _ => {
+            return Err(ctx.invalid(
+                &key("redirect_url"),
+                format!("'{}' is not an https URL (or http on loopback)", o.redirect_url),
+                "give the dashboard's public callback, e.g. https://dashboard.example.com/oidc/callback, as registered at the provider",
+            ));
+        }
+    };
+    if redirect_url.path() != "/oidc/callback" || redirect_url.query().is_some() {
+        return Err(ctx.invalid(
+            &key("redirect_url"),
+            format!("the path of '{}' is not /oidc/callback", o.redirect_url),
+            "end the URL with /oidc/callback (the dashboard's callback route), without a query",
+        ));
+    }
+    Ok(Some(DashboardOidcConfig {
+        client_id: o.client_id,
+        client_secret_env: o.client_secret_env,
+        client_secret,
+        redirect_url,
+    }))
 }
 
 fn env_bool(env: &Env, var: &'static str, key: &str) -> Result<Option<bool>, ConfigError> {
@@ -1755,6 +1856,57 @@ mod tests {
         assert!(e.contains(env::AIBOX_BODY_IDLE_TIMEOUT_MS), "{e}");
         assert!(e.contains("server.body_idle_timeout_ms"), "{e}");
         assert!(e.contains("'soon' is not a number"), "{e}");
+    }
+
+    #[test]
+    fn dashboard_sso_needs_an_issuer_a_secret_and_a_callback_url() {
+        let auth = "auth:\n  enabled: true\n  issuer: https://idp.example.com/realms/x\n";
+        let oidc = |redirect: &str| {
+            format!(
+                "dashboard:\n  oidc:\n    client_id: dash\n    client_secret_env: DASH_SECRET\n    redirect_url: {redirect}\n"
+            )
+        };
+        let good = format!("{auth}{}", oidc("https://dash.example.com/oidc/callback"));
+        let secret = env(&[("DASH_SECRET", "s3cret-value")]);
+        let c = load_from_str(&good, None, &secret).unwrap();
+        let o = c.dashboard.oidc.unwrap();
+        assert_eq!(o.client_id, "dash");
+        assert_eq!(o.client_secret.expose(), "s3cret-value");
+        let printed = serde_json::to_string(&load_from_str(&good, None, &secret).unwrap()).unwrap();
+        assert!(!printed.contains("s3cret-value"), "{printed}");
+        for (yaml, env_, words) in [
+            (
+                oidc("http://127.0.0.1:9001/oidc/callback"),
+                &secret,
+                &["auth.enabled"][..],
+            ),
+            (
+                good.clone(),
+                &Env::new(),
+                &["DASH_SECRET", "client_secret_env"][..],
+            ),
+            (
+                format!("{auth}{}", oidc("http://dash.example.com/oidc/callback")),
+                &secret,
+                &["redirect_url", "https"][..],
+            ),
+            (
+                format!("{auth}{}", oidc("https://dash.example.com/callback")),
+                &secret,
+                &["/oidc/callback"][..],
+            ),
+        ] {
+            let e = load_from_str(&yaml, Some(Path::new("cfg.yaml")), env_)
+                .unwrap_err()
+                .to_string();
+            for w in words {
+                assert!(e.contains(w), "{w} not in {e}");
+            }
+            assert!(!e.contains("s3cret-value"), "{e}");
+        }
+        // http is fine on loopback.
+        let local = format!("{auth}{}", oidc("http://127.0.0.1:9001/oidc/callback"));
+        assert!(load_from_str(&local, None, &secret).is_ok());
     }
 
     #[test]

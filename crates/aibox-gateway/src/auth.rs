@@ -28,7 +28,7 @@ use crate::error::ApiError;
 pub struct Authenticator {
     enabled: bool,
     api_keys: bool,
-    oidc: Option<OidcValidator>,
+    oidc: Option<std::sync::Arc<OidcValidator>>,
     store: Store,
     strip: Vec<HeaderName>,
     cache: TokenCache,
@@ -129,7 +129,7 @@ impl Authenticator {
                     default_tenant: cfg.claims.default_tenant.clone(),
                     roles_claim: cfg.claims.roles.clone(),
                 };
-                Some(OidcValidator::new(s)?)
+                Some(std::sync::Arc::new(OidcValidator::new(s)?))
             }
         };
         let strip = cfg
@@ -149,6 +149,12 @@ impl Authenticator {
                 map: std::sync::Mutex::new(std::collections::HashMap::new()),
             },
         })
+    }
+
+    /// The OIDC validator of `auth.issuer`, shared with the dashboard's
+    /// SSO login (one JWKS cache).
+    pub fn oidc_validator(&self) -> Option<std::sync::Arc<OidcValidator>> {
+        self.oidc.clone()
     }
 
     /// The identity headers removed from every request besides `X-Aibox-*`.

@@ -247,6 +247,21 @@ pub(crate) async fn proxy(
         );
     }
 
+    // With traces on, the service's spans hang under aibox's client span;
+    // the caller's own trace headers (its parent is aibox's server span
+    // now) are not passed on.
+    let call_span = tracing::info_span!(
+        "downstream",
+        otel.name = %format!("{} {}", req.method(), cfg.prefix),
+        otel.kind = "client",
+        aibox.route = %cfg.prefix,
+        aibox.turn = %turn,
+    );
+    if st.config.telemetry.traces {
+        headers.remove(aibox_router::tracectx::TRACEPARENT);
+        headers.remove(aibox_router::tracectx::TRACESTATE);
+        headers.extend(call_span.in_scope(aibox_router::tracectx::current_headers));
+    }
     let method = req.method().clone();
     // server.max_body_bytes holds here too: refuse a declared length at once,
     // and cut a chunked body that grows past the limit.
@@ -291,7 +306,12 @@ pub(crate) async fn proxy(
         .headers(headers)
         .body(body)
         .send();
-    let outcome = match tokio::time::timeout(cfg.timeouts.first_byte, send).await {
+    let outcome = match tokio::time::timeout(
+        cfg.timeouts.first_byte,
+        tracing::Instrument::instrument(send, call_span),
+    )
+    .await
+    {
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_error",

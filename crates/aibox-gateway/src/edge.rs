@@ -84,8 +84,18 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     req.extensions_mut().insert(rid.clone());
-    let span =
-        tracing::info_span!("request", request_id = %rid, method = %req.method(), route = %route);
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        request_id = %rid,
+        method = %req.method(),
+        route = %route
+    );
+    // A caller's valid W3C `traceparent` makes this span part of its trace;
+    // a malformed one is ignored (aibox's own trace starts here).
+    if state.config.telemetry.traces {
+        aibox_router::tracectx::set_remote_parent(&span, req.headers());
+    }
     // If the client goes away before the response, this future is dropped
     // mid-await; the guard still counts and logs the request (as 499, the
     // status nginx uses for a client that closed the connection).

@@ -43,8 +43,11 @@ pub use metrics::Metrics;
 pub struct AppState {
     /// The validated config.
     pub config: Arc<Config>,
-    /// The inference router.
-    pub router: Arc<ModelRouter>,
+    /// The inference router (swapped whole by a config reload; a request
+    /// keeps the one it loaded).
+    pub router: arc_swap::ArcSwap<ModelRouter>,
+    /// aibox's own client-credentials client, for routers built on reload.
+    pub service: Option<Arc<ClientCredentials>>,
     /// Rate limits.
     pub limiter: Arc<Limiter>,
     /// Persistence.
@@ -75,6 +78,8 @@ pub struct AppState {
     pub credentials: Option<Arc<dyn ops::CredentialSource>>,
     /// The dashboard's credentials and sessions.
     pub dashboard: dashboard::DashboardHandle,
+    /// The dashboard's SSO login (`dashboard.oidc`).
+    pub sso: Option<dashboard::sso::Sso>,
     /// Key ids and fingerprints of the keyrings in force (never material).
     pub key_summary: arc_swap::ArcSwap<Vec<KeyInfo>>,
     /// The doctor's findings, for the dashboard (the binary supplies it).
@@ -127,6 +132,12 @@ pub enum SetupError {
     /// The dashboard credentials.
     #[error(transparent)]
     Dashboard(#[from] dashboard::DashboardAuthError),
+    /// The HTTP client of the dashboard's SSO login.
+    #[error("dashboard.oidc: cannot build the HTTP client: {0}")]
+    Sso(reqwest::Error),
+    /// `dashboard.oidc` without an OIDC validator.
+    #[error("dashboard.oidc needs auth.issuer (the provider whose ID tokens are verified)")]
+    SsoWithoutIssuer,
     /// A downstream route's HTTP client.
     #[error("routes: cannot build the HTTP client for {prefix}: {source}")]
     Route {
@@ -164,6 +175,17 @@ impl AppState {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let sso = match (&config.dashboard.oidc, &config.auth.issuer) {
+            (None, _) => None,
+            (Some(o), Some(issuer)) => {
+                let validator = auth.oidc_validator().ok_or(SetupError::SsoWithoutIssuer)?;
+                Some(
+                    dashboard::sso::Sso::new(o.clone(), issuer.clone(), validator)
+                        .map_err(SetupError::Sso)?,
+                )
+            }
+            (Some(_), None) => return Err(SetupError::SsoWithoutIssuer),
+        };
         let vault = aibox_store::vault::Vault::new(store.clone(), keys.secrets_master.clone());
         let key_summary = key_infos("AIBOX_PRINCIPAL_KEYS", &keys.principal)
             .chain(key_infos("AIBOX_CAPTOKEN_KEYS", &keys.captoken))
@@ -182,8 +204,10 @@ impl AppState {
                 config.dashboard.session_ttl,
             ),
             mcp: None,
+            sso,
             config,
-            router,
+            router: arc_swap::ArcSwap::new(router),
+            service,
             limiter,
             store,
             audit,
@@ -284,6 +308,7 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
         .route("/ops/health", get(ops::health))
         .route("/ops/reload/constitution", post(ops::reload_constitution))
         .route("/ops/reload/keys", post(ops::reload_keys_handler))
+        .route("/ops/reload/config", post(ops::reload_config_handler))
         .route("/ops/mcp/{server}/restart", post(ops::restart_mcp))
         // The first path of the constitution reload, kept for scripts.
         .route("/reload/constitution", post(ops::reload_constitution))

@@ -16,19 +16,27 @@ use aibox_core::audit::AuditEvent;
 use aibox_core::audit::{GuardAction, GuardStage};
 use aibox_core::{Principal, Secret};
 use aibox_identity::{AnyReplayGuard, CapTokenVerifier, RedisReplayGuard};
+pub use aibox_mcp::remote::CLIENT_SPAN_TARGET;
 use aibox_mcp::{
     BoxFuture, EnvSecrets, GuardOutcome, HttpEgress, McpDeps, SandboxRecord, SecretSource,
     ToolAudit, ToolCallRecord, ToolGuard,
 };
 pub use aibox_mcp::{McpError, McpGateway, McpSettings};
 
-/// Appends tool calls and sandbox events to the audit log.
-pub struct AuditLogSink(pub AuditLog);
+/// Appends tool calls and sandbox events to the audit log, and counts the
+/// calls in the metrics.
+pub struct AuditLogSink {
+    /// The log.
+    pub log: AuditLog,
+    /// Where tool calls are counted.
+    pub metrics: Arc<crate::Metrics>,
+}
 
 impl ToolAudit for AuditLogSink {
     fn record_call(&self, rec: ToolCallRecord) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            self.0
+            self.metrics.observe_tool_calls(&rec.events);
+            self.log
                 .append_turn(&rec.principal.tenant, Some(rec.turn), rec.events)
                 .await
                 .map(|_| ())
@@ -46,7 +54,7 @@ impl ToolAudit for AuditLogSink {
                 at_ms: rec.at_ms,
                 kind: rec.kind,
             };
-            self.0
+            self.log
                 .append_turn(&tenant, None, vec![event])
                 .await
                 .map(|_| ())
@@ -100,6 +108,10 @@ impl HttpEgress for GuardedEgress {
 
     fn client(&self) -> reqwest::Client {
         self.0.client().clone()
+    }
+
+    fn trace_headers(&self) -> http::HeaderMap {
+        aibox_router::tracectx::current_headers()
     }
 
     fn resolve<'a>(
@@ -238,6 +250,7 @@ pub async fn start(
     guardrail: Arc<crate::guard::GuardrailHandle>,
     route_audiences: Vec<String>,
     redis_url: Option<&Secret>,
+    metrics: Arc<crate::Metrics>,
 ) -> Result<Arc<McpGateway>, McpError> {
     // Replicas share used CapToken ids through Redis, so a single-use token
     // spent on one replica is refused on all of them; checked now, so a
@@ -255,7 +268,10 @@ pub async fn start(
     let (tenant, user) = prepared.owner;
     let deps = McpDeps {
         captoken: CapTokenVerifier::new(&keys.captoken).also_accepting(route_audiences),
-        audit: Arc::new(AuditLogSink(audit)),
+        audit: Arc::new(AuditLogSink {
+            log: audit,
+            metrics: metrics.clone(),
+        }),
         guard: Arc::new(GuardrailToolGuard(guardrail)),
         egress: Arc::new(GuardedEgress(egress)),
         secrets: Arc::new(VaultSecrets {
@@ -266,5 +282,7 @@ pub async fn start(
         }),
         replay,
     };
-    McpGateway::start(prepared.settings, deps).await
+    let gateway = McpGateway::start(prepared.settings, deps).await?;
+    metrics.configure_tools(gateway.configured_tool_names());
+    Ok(gateway)
 }

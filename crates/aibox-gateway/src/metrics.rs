@@ -42,6 +42,11 @@ impl Bounded {
         }
     }
 
+    /// Whether `value` already has a label value of its own.
+    pub fn known(&self, value: &str) -> bool {
+        self.seen.lock().is_ok_and(|s| s.contains(value))
+    }
+
     /// `value` if it is known or there is room for it, else [`OTHER`].
     pub fn label(&self, value: &str) -> String {
         if value.is_empty() {
@@ -124,6 +129,62 @@ pub struct ScopeLabels {
     pub scope: String,
 }
 
+/// Labels of tool-call counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    /// The MCP server (a configured one, or `_other`).
+    pub server: String,
+    /// The tool (see [`ToolNames`]).
+    pub tool: String,
+    /// `ok`, `denied` or `failed`.
+    pub verdict: String,
+}
+
+/// Labels of the tool-call duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolTimeLabels {
+    /// The MCP server.
+    pub server: String,
+    /// The tool.
+    pub tool: String,
+}
+
+/// At most this many tools per server get their own label value besides
+/// those its allow and deny lists name.
+pub const MAX_TOOLS_PER_SERVER: usize = 64;
+
+/// The tool label values: only configured servers, and per server the tools
+/// its lists name plus up to [`MAX_TOOLS_PER_SERVER`] others that answered
+/// a call (so they exist on the server). A denied or failed call can name
+/// anything, so an unnamed tool never seen to answer is `_other`, as is an
+/// unknown server.
+#[derive(Default)]
+pub struct ToolNames {
+    servers: std::sync::RwLock<std::collections::HashMap<String, (HashSet<String>, Bounded)>>,
+}
+
+impl ToolNames {
+    /// The (server, tool) label pair of one call.
+    fn labels(&self, server: &str, tool: &str, verdict: &str) -> (String, String) {
+        let Ok(servers) = self.servers.read() else {
+            return (OTHER.to_owned(), OTHER.to_owned());
+        };
+        let Some((named, others)) = servers.get(server) else {
+            return (OTHER.to_owned(), OTHER.to_owned());
+        };
+        let tool = if named.contains(tool) {
+            tool.to_owned()
+        } else if verdict == "ok" && !tool.is_empty() {
+            others.label(tool)
+        } else if others.known(tool) {
+            tool.to_owned()
+        } else {
+            OTHER.to_owned()
+        };
+        (server.to_owned(), tool)
+    }
+}
+
 /// All metrics of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -153,6 +214,12 @@ pub struct Metrics {
     pub audit_pending: Gauge,
     /// Failed audit appends (the turn was refused with 503).
     pub audit_errors: Counter,
+    /// MCP tool calls by server, tool and verdict.
+    pub tool_calls: Family<ToolLabels, Counter>,
+    /// MCP tool-call wall time by server and tool.
+    pub tool_duration: Family<ToolTimeLabels, Histogram>,
+    /// The tool label values.
+    pub tool_names: ToolNames,
     /// The model label values.
     pub models: Bounded,
     /// The tenant label values.
@@ -239,7 +306,24 @@ impl Metrics {
             "Turns the audit log could not take",
             audit_errors.clone(),
         );
+        let tool_calls = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "mcp_tool_calls",
+            "MCP tool calls by server, tool and verdict (ok, denied, failed)",
+            tool_calls.clone(),
+        );
+        let tool_duration = Family::<ToolTimeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        registry.register(
+            "mcp_tool_call_duration_seconds",
+            "MCP tool-call wall time, policy and guard included, by server and tool",
+            tool_duration.clone(),
+        );
         Self {
+            tool_calls,
+            tool_duration,
+            tool_names: ToolNames::default(),
             guardrail_verdicts,
             audit_append,
             audit_pending,
@@ -269,6 +353,57 @@ impl Metrics {
                         action: enum_label(action),
                     })
                     .inc();
+            }
+        }
+    }
+
+    /// Sets the configured MCP servers and the tool names their lists name
+    /// (see [`ToolNames`]).
+    pub fn configure_tools(&self, servers: Vec<(String, Vec<String>)>) {
+        let map = servers
+            .into_iter()
+            .map(|(server, tools)| {
+                (
+                    server,
+                    (
+                        tools.into_iter().collect(),
+                        Bounded::new(MAX_TOOLS_PER_SERVER),
+                    ),
+                )
+            })
+            .collect();
+        if let Ok(mut s) = self.tool_names.servers.write() {
+            *s = map;
+        }
+    }
+
+    /// Counts the tool calls among a tool turn's events.
+    pub fn observe_tool_calls(&self, events: &[AuditEvent]) {
+        for e in events {
+            if let EventKind::ToolCall {
+                server,
+                tool,
+                outcome,
+                duration_ms,
+                ..
+            } = &e.kind
+            {
+                let verdict = match outcome {
+                    aibox_core::audit::ToolOutcome::Ok => "ok",
+                    aibox_core::audit::ToolOutcome::Denied { .. } => "denied",
+                    aibox_core::audit::ToolOutcome::Failed { .. } => "failed",
+                };
+                let (server, tool) = self.tool_names.labels(server, tool, verdict);
+                self.tool_calls
+                    .get_or_create(&ToolLabels {
+                        server: server.clone(),
+                        tool: tool.clone(),
+                        verdict: verdict.to_owned(),
+                    })
+                    .inc();
+                self.tool_duration
+                    .get_or_create(&ToolTimeLabels { server, tool })
+                    .observe(std::time::Duration::from_millis(*duration_ms).as_secs_f64());
             }
         }
     }
@@ -370,6 +505,42 @@ mod tests {
             to_prometheus_text(om),
             "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 2\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
         );
+    }
+
+    #[test]
+    fn tool_labels_keep_only_configured_names() {
+        let m = Metrics::new();
+        m.configure_tools(vec![("local".into(), vec!["echo".into(), "danger".into()])]);
+        let n = &m.tool_names;
+        assert_eq!(
+            n.labels("local", "echo", "ok"),
+            ("local".into(), "echo".into())
+        );
+        assert_eq!(
+            n.labels("local", "danger", "denied"),
+            ("local".into(), "danger".into())
+        );
+        // A denied or failed call may name anything: no value of its own.
+        assert_eq!(
+            n.labels("local", "invented", "denied"),
+            ("local".into(), OTHER.into())
+        );
+        assert_eq!(
+            n.labels("local", "invented", "failed"),
+            ("local".into(), OTHER.into())
+        );
+        assert_eq!(
+            n.labels("nosuch", "echo", "ok"),
+            (OTHER.into(), OTHER.into())
+        );
+        // A tool that answered keeps its name, for its failures too.
+        assert_eq!(n.labels("local", "add", "ok").1, "add");
+        assert_eq!(n.labels("local", "add", "failed").1, "add");
+        // Tools beyond the lists are capped per server.
+        for i in 1..MAX_TOOLS_PER_SERVER {
+            assert_eq!(n.labels("local", &format!("t{i}"), "ok").1, format!("t{i}"));
+        }
+        assert_eq!(n.labels("local", "one-more", "ok").1, OTHER);
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(crate) async fn embeddings(
 }
 
 pub(crate) async fn models(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let data = st.router.list_models().await?;
+    let data = st.router.load_full().list_models().await?;
     let body = serde_json::json!({ "object": "list", "data": data });
     Ok(json_response(StatusCode::OK, Bytes::from(body.to_string())))
 }
@@ -334,7 +334,7 @@ async fn guard_input(
     {
         let mut events = Vec::new();
         let judged = guard::critique(
-            &st.router,
+            &st.router.load_full(),
             g,
             tenant,
             aibox_core::audit::GuardStage::Input,
@@ -453,7 +453,7 @@ async fn run_turn(
                         .unwrap_or_default();
                     let mut events = Vec::new();
                     let judged = guard::critique(
-                        &st2.router,
+                        &st2.router.load_full(),
                         &g,
                         principal.tenant.as_str(),
                         aibox_core::audit::GuardStage::Output,
@@ -508,7 +508,11 @@ async fn run_turn(
             completed.then_some(rx)
         })
     };
-    let routed = st.router.forward(endpoint, map, info, rid, on_end).await;
+    let routed = st
+        .router
+        .load_full()
+        .forward(endpoint, map, info, rid, on_end)
+        .await;
     match routed {
         Err(e) => {
             if let aibox_router::RouterError::Unavailable { attempts } = &e {
@@ -694,7 +698,7 @@ async fn guard_output(
     };
     let mut events = Vec::new();
     let judged = guard::critique(
-        &st.router,
+        &st.router.load_full(),
         g,
         tenant,
         aibox_core::audit::GuardStage::Output,

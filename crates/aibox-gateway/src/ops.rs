@@ -49,7 +49,18 @@ pub struct Credentials {
 pub trait CredentialSource: Send + Sync {
     /// Reads and validates every rotatable credential.
     fn load(&self) -> Result<Credentials, String>;
+
+    /// Reads and validates the config file again, with the environment and
+    /// `.env` as at start-up. The error is the validation error (key, line,
+    /// fix), never a value.
+    fn load_config(&self) -> Result<aibox_config::Config, String> {
+        Err("this gateway was started without a config source".into())
+    }
 }
+
+/// The top-level config sections a reload applies; a change anywhere else
+/// is reported as needing a restart.
+pub const RELOADABLE_SECTIONS: [&str; 3] = ["upstreams", "models", "limits"];
 
 /// Liveness: the process answers.
 pub(crate) async fn healthz() -> &'static str {
@@ -285,6 +296,67 @@ pub async fn reload_keys(state: &AppState, actor: &str) -> Result<String, String
     Ok(target)
 }
 
+/// Reads the config file again and swaps in its upstreams, models and
+/// limits: a new router and new limits are built and checked first, then
+/// each is swapped whole, so a request uses either the old or the new one
+/// (a request in flight, a stream included, finishes on the router it
+/// loaded). A file that does not validate, or a router that cannot be
+/// built from it, leaves everything as it was and returns the reason.
+/// Other sections that changed are named as needing a restart.
+pub async fn reload_config(state: &AppState, actor: &str) -> Result<String, String> {
+    let fail = move |why: String| async move {
+        let _ = record_ops_action(state, actor, "reload_config", why.clone(), false).await;
+        tracing::error!(actor, error = %why, "config reload failed; the running config stays");
+        Err::<String, String>(why)
+    };
+    let Some(source) = &state.credentials else {
+        return fail("this gateway was started without a config source".into()).await;
+    };
+    let new = match source.load_config() {
+        Ok(c) => c,
+        Err(e) => return fail(e).await,
+    };
+    let router = match aibox_router::Router::new(&new, state.service.clone()) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("upstreams: {e}")).await,
+    };
+    let restart: Vec<String> = match (
+        serde_json::to_value(&*state.config),
+        serde_json::to_value(&new),
+    ) {
+        (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(mut fresh))) => old
+            .iter()
+            .filter(|(k, _)| !RELOADABLE_SECTIONS.contains(&k.as_str()))
+            .filter(|(k, v)| fresh.remove(k.as_str()).as_ref() != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    state.router.store(router);
+    state.limiter.set_limits(new.limits.clone());
+    let target = format!(
+        "upstreams={} models={} limits=applied restart_needed=[{}]",
+        new.upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        new.models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        restart.join(","),
+    );
+    let _ = record_ops_action(state, actor, "reload_config", target.clone(), true).await;
+    if restart.is_empty() {
+        tracing::info!(actor, config = %target, "config reloaded");
+    } else {
+        tracing::warn!(actor, config = %target, "config reloaded; changes to other sections need a restart");
+    }
+    Ok(target)
+}
+
 /// Checks `Authorization: Bearer OPS_CONTROLLER_TOKEN` in constant time.
 /// With no token configured every caller is refused: the actions are never
 /// open, whatever the listener's address.
@@ -361,10 +433,22 @@ pub(crate) async fn reload_keys_handler(State(state): State<Arc<AppState>>) -> R
     }
 }
 
+/// `POST /ops/reload/config`.
+pub(crate) async fn reload_config_handler(State(state): State<Arc<AppState>>) -> Response {
+    match reload_config(&state, "ops_api").await {
+        Ok(what) => text(StatusCode::OK, format!("reloaded; {what}\n")),
+        Err(e) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not reloaded, the running config stays: {e}\n"),
+        ),
+    }
+}
+
 /// `GET /ops/health`: every upstream probed now, every MCP server's state.
 /// Reading health is not an action and is not audited.
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let (upstreams, mcp) = tokio::join!(state.router.probe_upstreams(), async {
+    let router = state.router.load_full();
+    let (upstreams, mcp) = tokio::join!(router.probe_upstreams(), async {
         match &state.mcp {
             Some(m) => m.overview(Duration::from_secs(2)).await,
             None => Vec::new(),

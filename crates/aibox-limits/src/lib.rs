@@ -64,7 +64,8 @@ use shared::RedisBackend;
 /// The rate limiter; share one per process (e.g. in an `Arc`).
 #[derive(Debug)]
 pub struct Limiter {
-    cfg: LimitsConfig,
+    /// Swapped whole by [`Limiter::set_limits`]; a decision reads it once.
+    cfg: arc_swap::ArcSwap<LimitsConfig>,
     backend: Backend,
 }
 
@@ -78,7 +79,7 @@ impl Limiter {
     /// A limiter that counts in this process only.
     pub fn in_memory(cfg: LimitsConfig) -> Self {
         Self {
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             backend: Backend::Memory(MemoryLimiter::default()),
         }
     }
@@ -94,7 +95,7 @@ impl Limiter {
     ) -> Result<Self, LimitError> {
         let backend = RedisBackend::connect(redis_url, key_prefix, false).await?;
         Ok(Self {
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             backend: Backend::Redis(Box::new(backend)),
         })
     }
@@ -110,7 +111,7 @@ impl Limiter {
     ) -> Result<Self, LimitError> {
         let backend = RedisBackend::connect(redis_url, key_prefix, true).await?;
         Ok(Self {
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             backend: Backend::Redis(Box::new(backend)),
         })
     }
@@ -118,7 +119,7 @@ impl Limiter {
     /// Admits one request of `principal`, counting it, or refuses it without
     /// counting anything.
     pub async fn admit(&self, principal: &Principal) -> Result<(), Denied> {
-        let rates = Rates::for_principal(&self.cfg, principal);
+        let rates = Rates::for_principal(&self.cfg.load(), principal);
         if rates.is_unlimited() {
             return Ok(());
         }
@@ -131,7 +132,7 @@ impl Limiter {
     /// Adds the tokens a finished request used to the current window of the
     /// tenant's and the user's token budgets.
     pub async fn record_tokens(&self, principal: &Principal, tokens: u64) {
-        let rates = Rates::for_principal(&self.cfg, principal);
+        let rates = Rates::for_principal(&self.cfg.load(), principal);
         if tokens == 0 || !rates.counts_tokens() {
             return;
         }
@@ -139,6 +140,13 @@ impl Limiter {
             Backend::Memory(m) => m.record_tokens(&rates, principal, tokens, window::now_ms()),
             Backend::Redis(r) => r.record_tokens(&rates, principal, tokens).await,
         }
+    }
+
+    /// Replaces the limits (a config reload). Counters of the current
+    /// windows are kept, so a reload neither resets nor doubles a budget;
+    /// a decision in flight finishes with the limits it read.
+    pub fn set_limits(&self, cfg: LimitsConfig) {
+        self.cfg.store(std::sync::Arc::new(cfg));
     }
 
     /// `"memory"` or `"redis"`, for the startup log and metrics.

@@ -551,6 +551,28 @@ impl McpGateway {
         server.upstream.restart()
     }
 
+    /// Every enabled server with the tool names its allow and deny lists
+    /// name literally (patterns ending in `*` are left out): the label
+    /// values the metrics keep for that server's calls.
+    pub fn configured_tool_names(&self) -> Vec<(String, Vec<String>)> {
+        self.servers
+            .iter()
+            .map(|s| {
+                let rules = &s.spec.tools;
+                let names = rules
+                    .allow
+                    .iter()
+                    .flatten()
+                    .chain(rules.deny.iter())
+                    .map(|p| p.as_str())
+                    .filter(|p| !p.ends_with('*'))
+                    .map(str::to_owned)
+                    .collect();
+                (s.spec.name.clone(), names)
+            })
+            .collect()
+    }
+
     /// Every enabled server with its health, its policy (client selectors,
     /// tool allow and deny lists) and the tools it offers now, for the ops
     /// API and the dashboard. A server that does not list its tools within

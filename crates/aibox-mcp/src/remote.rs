@@ -37,6 +37,9 @@ pub const TOOLS_TTL: Duration = Duration::from_secs(30);
 /// The deadline of `initialize` and of each `tools/list` page.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_PAGES: usize = 64;
+/// The target of the client span of a remote tool call; the binary exports
+/// spans of this target with traces on.
+pub const CLIENT_SPAN_TARGET: &str = "aibox_mcp::client";
 
 #[derive(Debug, Clone)]
 struct Session {
@@ -115,6 +118,7 @@ impl RemoteServer {
             .post(self.url.clone())
             .header(http::header::ACCEPT, "application/json, text/event-stream")
             .header(http::header::CONTENT_TYPE, "application/json")
+            .headers(self.egress.trace_headers())
             .body(serde_json::to_vec(message).map_err(|e| CallError::Protocol(e.to_string()))?);
         if let Some(s) = session {
             req = req.header("mcp-protocol-version", &s.version);
@@ -406,9 +410,22 @@ impl Upstream for RemoteServer {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
         Box::pin(async move {
+            // The client span of the call, under the request's span; its
+            // context goes to the server as `traceparent`.
+            let span = tracing::info_span!(
+                target: CLIENT_SPAN_TARGET,
+                "mcp_call",
+                otel.name = %format!("tools/call {tool}"),
+                otel.kind = "client",
+                mcp.server = %self.name,
+                mcp.tool = %tool,
+            );
             let r = tokio::time::timeout(
                 timeout,
-                self.request("tools/call", json!({"name": tool, "arguments": arguments})),
+                tracing::Instrument::instrument(
+                    self.request("tools/call", json!({"name": tool, "arguments": arguments})),
+                    span,
+                ),
             )
             .await
             .unwrap_or(Err(CallError::Timeout(timeout)));

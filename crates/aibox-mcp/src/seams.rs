@@ -207,6 +207,12 @@ pub trait HttpEgress: Send + Sync {
         url: &'a url::Url,
     ) -> BoxFuture<'a, Result<Vec<std::net::SocketAddr>, String>>;
 
+    /// Headers every request to a remote server carries for the current
+    /// span (W3C `traceparent`/`tracestate`); none by default.
+    fn trace_headers(&self) -> http::HeaderMap {
+        http::HeaderMap::new()
+    }
+
     /// One `GET` for the built-in `fetch` tool: the URL and every redirect
     /// hop checked, every resolved address checked, the body capped in size
     /// and the whole exchange in time. The default refuses: only an egress

@@ -19,6 +19,7 @@
 mod catalog;
 mod error;
 pub mod sse;
+pub mod tracectx;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -418,6 +419,8 @@ impl Router {
                 },
             )
             .header("x-request-id", request_id.as_str())
+            // The model call's client span is the upstream's parent.
+            .headers(tracectx::current_headers())
             .body(payload);
         match up.authorization().await {
             Ok(Some(h)) => req = req.header(http::header::AUTHORIZATION, h),

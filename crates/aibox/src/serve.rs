@@ -115,6 +115,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let credentials = Arc::new(EnvCredentials {
         data_dir: cfg.server.data_dir.clone(),
+        config: args.config.clone(),
     });
     let creds = credentials.load_from(env)?;
     check_ops_exposure(&cfg, creds.ops_token.is_some())?;
@@ -136,9 +137,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn check_dashboard_exposure(cfg: &Config, has_auth: bool) -> anyhow::Result<()> {
     if !cfg.dashboard.listen.ip().is_loopback() && !has_auth {
         bail!(
-            "dashboard.listen is {} (not loopback) and neither DASHBOARD_AUTH_TOKEN nor DASHBOARD_PASSWORD is set, \
-             so anyone who can reach it could try to use it; fix: set one of them (aibox bootstrap writes \
-             DASHBOARD_AUTH_TOKEN), or bind 127.0.0.1 (dashboard.listen or AIBOX_DASHBOARD_LISTEN)",
+            "dashboard.listen is {} (not loopback) and neither DASHBOARD_AUTH_TOKEN nor DASHBOARD_PASSWORD \
+             nor dashboard.oidc is set, so anyone who can reach it could try to use it; fix: set one of them (aibox bootstrap writes \
+             DASHBOARD_AUTH_TOKEN) or configure dashboard.oidc, or bind 127.0.0.1 (dashboard.listen or AIBOX_DASHBOARD_LISTEN)",
             cfg.dashboard.listen
         );
     }
@@ -171,6 +172,8 @@ fn doctor_seam(cfg: &Config) -> aibox_gateway::dashboard::DoctorFn {
 /// development keys.
 struct EnvCredentials {
     data_dir: std::path::PathBuf,
+    /// The config file given at start-up (`None`: the default lookup).
+    config: Option<std::path::PathBuf>,
 }
 
 impl EnvCredentials {
@@ -206,6 +209,14 @@ impl aibox_gateway::ops::CredentialSource for EnvCredentials {
         crate::environment()
             .and_then(|env| self.load_from(env))
             .map_err(|e| format!("{e:#}"))
+    }
+
+    fn load_config(&self) -> Result<Config, String> {
+        crate::environment()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|env| {
+                aibox_config::load(self.config.as_deref(), &env).map_err(|e| e.to_string())
+            })
     }
 }
 
@@ -327,6 +338,8 @@ async fn serve(
         key_version = audit.key_version(),
         "audit log open"
     );
+    // Created before the MCP gateway, whose audit sink counts tool calls.
+    let metrics = Arc::new(aibox_gateway::Metrics::new());
     let mcp = aibox_gateway::mcp::start(
         mcp,
         &keys,
@@ -335,6 +348,7 @@ async fn serve(
         guardrail.clone(),
         cfg.routes.iter().map(|r| r.audience.clone()).collect(),
         cfg.redis_url.as_ref(),
+        metrics.clone(),
     )
     .await?;
     let mut state = AppState::new(
@@ -348,6 +362,7 @@ async fn serve(
         guardrail.clone(),
     )?;
     state.mcp = Some(mcp.clone());
+    state.metrics = metrics;
     state.ops_token = arc_swap::ArcSwapOption::from_pointee(creds.ops_token);
     state.ops_public = !cfg.server.ops_listen.ip().is_loopback();
     state
@@ -369,7 +384,10 @@ async fn serve(
     let main_addr = main_listener.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
     let dashboard_listener = if cfg.dashboard.enabled {
-        check_dashboard_exposure(&cfg, state.dashboard.current().enabled())?;
+        check_dashboard_exposure(
+            &cfg,
+            state.dashboard.current().enabled() || state.sso.is_some(),
+        )?;
         Some(bind(
             cfg.dashboard.listen,
             "dashboard.listen (AIBOX_DASHBOARD_LISTEN)",
@@ -411,7 +429,7 @@ async fn serve(
                 edge,
                 stopped(stop_rx.clone()),
             );
-            if !state.dashboard.current().enabled() {
+            if !state.dashboard.current().enabled() && state.sso.is_none() {
                 tracing::warn!(
                     "the dashboard has no credential: nobody can log in until DASHBOARD_AUTH_TOKEN or \
                      DASHBOARD_PASSWORD is set (in .env, then SIGHUP)"

@@ -125,7 +125,8 @@ pub fn init(cfg: &Config) -> anyhow::Result<Telemetry> {
             .with_tracer(p.tracer("aibox"))
             .with_filter(
                 tracing_subscriber::filter::Targets::new()
-                    .with_target("aibox_gateway", tracing::Level::INFO),
+                    .with_target("aibox_gateway", tracing::Level::INFO)
+                    .with_target(aibox_gateway::mcp::CLIENT_SPAN_TARGET, tracing::Level::INFO),
             )
     });
     tracing_subscriber::registry()

@@ -6,7 +6,9 @@ is printed as `LISTENING HOST:PORT`), and reached by aibox as a remote server
 POSTs with SSE streams, as FastMCP does by default, so aibox's client side
 of the transport is exercised for real.
 
-Tools: weather(city), upper(text), calls() (how many tool calls it served).
+Tools: weather(city), upper(text), calls() (how many tool calls it served),
+trace_headers() (the `traceparent` and `tracestate` of the HTTP request
+that carried this call, for the trace-context test).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import sys
 
 import uvicorn
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
 
 mcp = FastMCP("e2e-http", host="127.0.0.1")
 _calls = 0
@@ -45,6 +47,14 @@ def upper(text: str) -> str:
 def calls() -> int:
     """How many weather/upper calls this server has served."""
     return _calls
+
+
+@mcp.tool()
+def trace_headers(ctx: Context) -> str:
+    """The W3C trace headers of the request that carried this call."""
+    request = ctx.request_context.request
+    headers = request.headers if request is not None else {}
+    return f"{headers.get('traceparent', '')}|{headers.get('tracestate', '')}"
 
 
 async def main() -> None:

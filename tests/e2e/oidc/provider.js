@@ -17,8 +17,17 @@
 //        "auth_method": "client_secret_basic",           // or client_secret_post
 //        "claims": {"tenant": "acme", "preferred_username": "ci",
 //                   "realm_access": {"roles": ["admin"]}}}
-//     ]
+//     ],
+//     "users": {                       // optional: accounts for logins
+//       "alice": {"tenant": "acme", "preferred_username": "alice",
+//                 "realm_access": {"roles": ["admin"]}}
+//     }
 //   }
+//
+// A client with "redirect_uris" may also use the authorization code grant
+// (PKCE required); the provider's development login form (devInteractions:
+// any login name, any password, then "Continue") logs a user in, and the
+// user's claims from "users" go into the ID token.
 //
 // The provider listens on 127.0.0.1 and prints `LISTENING <issuer>` on stdout
 // once it answers. Its JWKS endpoint publishes the public part of every key
@@ -65,25 +74,41 @@ const claimsByClient = new Map(
   config.clients.map((c) => [c.client_id, c.claims || {}]),
 );
 
+const users = config.users || {};
+const interactive = config.clients.some((c) => (c.redirect_uris || []).length > 0);
+const userClaimNames = [...new Set(Object.values(users).flatMap((u) => Object.keys(u)))];
+
 function build(issuer) {
   const jwks = loadKeys();
   const resources = config.resources || {};
   const provider = new Provider(issuer, {
     jwks,
-    clients: config.clients.map((c) => ({
-      client_id: c.client_id,
-      client_secret: c.client_secret,
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-      token_endpoint_auth_method: c.auth_method || 'client_secret_basic',
-    })),
+    clients: config.clients.map((c) => {
+      const login = (c.redirect_uris || []).length > 0;
+      return {
+        client_id: c.client_id,
+        client_secret: c.client_secret,
+        grant_types: login ? ['authorization_code', 'client_credentials'] : ['client_credentials'],
+        response_types: login ? ['code'] : [],
+        redirect_uris: c.redirect_uris || [],
+        token_endpoint_auth_method: c.auth_method || 'client_secret_basic',
+      };
+    }),
+    findAccount: (_ctx, id) => ({
+      accountId: id,
+      claims: () => ({ sub: id, ...(users[id] || {}) }),
+    }),
+    claims: { openid: ['sub', ...userClaimNames] },
+    // The user's claims go into the ID token itself, the way Keycloak does
+    // by default, because that is what the dashboard's login reads.
+    conformIdTokenClaims: false,
+    pkce: { required: () => true },
     cookies: { keys: ['e2e-cookie-key-not-a-secret-0123456789'] },
     ttl: {
       ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL || 300,
     },
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: interactive },
       clientCredentials: { enabled: true },
       introspection: { enabled: false },
       revocation: { enabled: false },

@@ -162,8 +162,10 @@ pub fn hash_password(password: &str) -> Result<String, DashboardAuthError> {
 pub struct Session {
     /// The token every state-changing request must carry.
     pub csrf: String,
-    /// How the user logged in (`token` or `password`).
+    /// How the user logged in (`token`, `password` or `oidc`).
     pub method: &'static str,
+    /// Who, for an SSO login (`tenant/user`).
+    pub user: Option<String>,
     /// When it ends, whatever happens.
     pub expires: Instant,
 }
@@ -211,8 +213,18 @@ impl DashboardHandle {
 
     /// Opens a session; returns its id (for the cookie) and the session.
     pub fn open(&self, method: &'static str) -> Result<(String, Session), DashboardAuthError> {
+        self.open_for(method, None)
+    }
+
+    /// Opens a session for a named user (an SSO login).
+    pub fn open_for(
+        &self,
+        method: &'static str,
+        user: Option<String>,
+    ) -> Result<(String, Session), DashboardAuthError> {
         let id = random_token()?;
         let session = Session {
+            user,
             csrf: random_token()?,
             method,
             expires: Instant::now() + self.ttl,

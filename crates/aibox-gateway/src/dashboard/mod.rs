@@ -20,6 +20,7 @@
 //! `textContent`, never `innerHTML`, so logged data cannot inject markup.
 
 pub mod auth;
+pub mod sso;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,10 +47,14 @@ use crate::error::ApiError;
 /// it to this host and path `/`).
 const COOKIE: &str = "aibox_session";
 const SECURE_COOKIE: &str = "__Host-aibox_session";
+/// The pre-login cookie binding an SSO login's state to the browser.
+const SSO_COOKIE: &str = "aibox_sso";
+const SECURE_SSO_COOKIE: &str = "__Host-aibox_sso";
 /// The header carrying the CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Rows of a tenant's log shown at most.
-const MAX_ROWS: usize = 500;
+/// Rows of a tenant's log on one page, by default and at most.
+const PAGE_ROWS: usize = 100;
+const MAX_PAGE_ROWS: usize = 500;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -97,6 +102,9 @@ pub fn router(state: Arc<AppState>, bound: SocketAddr) -> Router {
             get(|| async { page(APP_CSS, "text/css; charset=utf-8") }),
         )
         .route("/api/login", post(login))
+        .route("/api/login/methods", get(login_methods))
+        .route("/oidc/login", get(sso_login))
+        .route("/oidc/callback", get(sso_callback))
         .merge(api)
         .fallback(|| async {
             ApiError::new(
@@ -407,15 +415,7 @@ async fn login_inner(
     })?;
     tracing::info!(method, "dashboard login");
     let ttl = state.dashboard.ttl().as_secs();
-    let secure = if state.config.dashboard.secure_cookie {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}",
-        cookie_name(state)
-    );
+    let cookie = session_set_cookie(state, &id);
     let mut resp = Json(serde_json::json!({
         "method": method,
         "csrf": session.csrf,
@@ -426,6 +426,151 @@ async fn login_inner(
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)
+}
+
+/// The `Set-Cookie` value of a new session.
+fn session_set_cookie(state: &AppState, id: &str) -> String {
+    let ttl = state.dashboard.ttl().as_secs();
+    let secure = if state.config.dashboard.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}",
+        cookie_name(state)
+    )
+}
+
+/// The pre-login cookie of an SSO login (`__Host-` prefixed when `Secure`).
+fn sso_cookie_name(state: &AppState) -> &'static str {
+    if state.config.dashboard.secure_cookie {
+        SECURE_SSO_COOKIE
+    } else {
+        SSO_COOKIE
+    }
+}
+
+/// `GET /api/login/methods`: which logins the login page offers (no
+/// credential needed: it reveals only what the page shows anyway).
+async fn login_methods(State(state): State<Arc<AppState>>) -> Response {
+    let auth = state.dashboard.current();
+    Json(serde_json::json!({
+        "token": auth.has_token(),
+        "password": auth.has_password(),
+        "sso": state.sso.is_some(),
+    }))
+    .into_response()
+}
+
+fn see_other(location: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// An SSO refusal: back to the login page with a fixed code; the cause in
+/// the log and the failure counter.
+fn sso_refused(state: &AppState, e: &sso::SsoError) -> Response {
+    state.metrics.ops_auth_failures.inc();
+    match e {
+        sso::SsoError::Exchange(_) | sso::SsoError::Unavailable(_) => {
+            tracing::error!(error = %e, "dashboard SSO login failed");
+        }
+        sso::SsoError::IdToken(t) => {
+            tracing::warn!(reason = t.code(), hint = %t.operator_hint(), "dashboard SSO login refused: the ID token");
+        }
+        _ => tracing::warn!(error = %e, "dashboard SSO login refused"),
+    }
+    let mut resp = see_other(&format!("/?sso_error={}", e.code()));
+    expire_sso_cookie(state, &mut resp);
+    resp
+}
+
+fn expire_sso_cookie(state: &AppState, resp: &mut Response) {
+    let cookie = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        sso_cookie_name(state),
+        if state.config.dashboard.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// `GET /oidc/login`: starts an SSO login (see [`sso`]).
+async fn sso_login(State(state): State<Arc<AppState>>) -> Response {
+    let Some(sso) = &state.sso else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "sso_not_configured",
+            "single sign-on is not configured (dashboard.oidc)",
+        )
+        .into_response();
+    };
+    match sso.start().await {
+        Ok((cookie, location)) => {
+            let mut resp = see_other(&location);
+            let set = format!(
+                "{}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                sso_cookie_name(&state),
+                sso::PENDING_TTL.as_secs(),
+                if state.config.dashboard.secure_cookie {
+                    "; Secure"
+                } else {
+                    ""
+                }
+            );
+            if let Ok(v) = HeaderValue::from_str(&set) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => sso_refused(&state, &e),
+    }
+}
+
+/// `GET /oidc/callback`: finishes an SSO login and opens a session.
+async fn sso_callback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<sso::CallbackParams>,
+) -> Response {
+    let Some(sso) = &state.sso else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "sso_not_configured",
+            "single sign-on is not configured (dashboard.oidc)",
+        )
+        .into_response();
+    };
+    let cookie = session_cookie(&headers, sso_cookie_name(&state));
+    let principal = match sso.finish(cookie.as_deref(), &params).await {
+        Ok(p) => p,
+        Err(e) => return sso_refused(&state, &e),
+    };
+    let who = format!("{}/{}", principal.tenant, principal.user);
+    let (id, _) = match state.dashboard.open_for("oidc", Some(who.clone())) {
+        Ok(s) => s,
+        Err(e) => {
+            return sso_refused(&state, &sso::SsoError::Unavailable(e.to_string()));
+        }
+    };
+    tracing::info!(method = "oidc", user = %who, "dashboard login");
+    let mut resp = see_other("/");
+    if let Ok(v) = HeaderValue::from_str(&session_set_cookie(&state, &id)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    expire_sso_cookie(&state, &mut resp);
+    resp
 }
 
 fn refused_login(state: &AppState, method: &str) -> ApiError {
@@ -442,6 +587,7 @@ async fn session_info(
         Caller::Session(id) => match state.dashboard.get(&id) {
             Some(s) => Json(serde_json::json!({
                 "method": s.method,
+                "user": s.user,
                 "csrf": s.csrf,
                 "expires_in": s.expires.saturating_duration_since(std::time::Instant::now()).as_secs(),
             }))
@@ -600,10 +746,16 @@ fn tenant_param(t: &str) -> Result<TenantId, ApiError> {
 #[derive(Deserialize)]
 struct RowsQuery {
     kind: Option<String>,
+    /// Only rows with a smaller seq (the "older" link).
+    before: Option<u64>,
+    /// Rows per page (default 100, at most 500).
+    limit: Option<usize>,
 }
 
-/// `GET /api/audit/{tenant}?kind=`: the newest rows of a tenant's log
-/// (events as recorded; no prompt text is ever in them), newest first.
+/// `GET /api/audit/{tenant}?kind=&before=&limit=`: one page of a tenant's
+/// log (events as recorded; no prompt text is ever in them), newest first,
+/// read by sequence number from the database, never the whole log.
+/// `older` is the `before` of the next page, absent on the last one.
 async fn audit_rows(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
@@ -613,28 +765,34 @@ async fn audit_rows(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let bundle = match state.audit.export(&tenant).await {
-        Ok(b) => b,
+    let limit = q.limit.unwrap_or(PAGE_ROWS).clamp(1, MAX_PAGE_ROWS);
+    let page = match state
+        .audit
+        .page(&tenant, q.before, limit, q.kind.as_deref())
+        .await
+    {
+        Ok(p) => p,
         Err(e) => return crate::audit::log_error(e).into_response(),
     };
-    let total = bundle.rows.len();
-    let rows: Vec<serde_json::Value> = bundle
+    let older = (page.rows.len() == limit)
+        .then(|| page.rows.last().map(|r| r.seq))
+        .flatten()
+        .filter(|s| *s > 1);
+    let rows: Vec<serde_json::Value> = page
         .rows
         .into_iter()
-        .rev()
         .filter_map(|r| {
             let event: serde_json::Value = serde_json::from_str(&r.event).ok()?;
-            if let Some(kind) = &q.kind
-                && event.get("type").and_then(|t| t.as_str()) != Some(kind.as_str())
-            {
-                return None;
-            }
             Some(serde_json::json!({"seq": r.seq, "turn": r.turn, "event": event}))
         })
-        .take(MAX_ROWS)
         .collect();
-    Json(serde_json::json!({"tenant": tenant.as_str(), "total": total, "rows": rows}))
-        .into_response()
+    Json(serde_json::json!({
+        "tenant": tenant.as_str(),
+        "total": page.last_seq,
+        "rows": rows,
+        "older": older,
+    }))
+    .into_response()
 }
 
 /// `POST /api/audit/{tenant}/verify`: full verification of a tenant's log

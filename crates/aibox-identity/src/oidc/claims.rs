@@ -70,6 +70,81 @@ pub(crate) fn check(
     claims: &Claims,
     now: SystemTime,
 ) -> Result<(), AuthError> {
+    check_issuer_and_times(settings, claims, now)?;
+    if let Some(Value::String(typ)) = claims.get("typ")
+        && REFUSED_TOKEN_TYPES.contains(&typ.as_str())
+    {
+        return Err(bad("typ"));
+    }
+    if !settings.audiences.is_empty() {
+        check_audience(&settings.audiences, claims)?;
+    }
+    Ok(())
+}
+
+/// Checks an ID token (OpenID Connect Core §3.1.3.7) after its signature:
+/// `iss`, `exp`, `nbf`, `iat` as for access tokens; `aud` must contain
+/// `client_id` (an `azp`, when present, must be it: a token issued to
+/// another client that merely lists us is not our login); the `nonce` must
+/// be the one this login sent; a `typ` claim, when present, must say `ID`
+/// (Keycloak marks its access tokens `Bearer`, and one must not stand in for
+/// the other).
+pub(crate) fn check_id_token(
+    settings: &OidcSettings,
+    claims: &Claims,
+    client_id: &str,
+    nonce: &str,
+    now: SystemTime,
+) -> Result<(), AuthError> {
+    check_issuer_and_times(settings, claims, now)?;
+    match claims.get("typ") {
+        None => {}
+        Some(Value::String(t)) if t == "ID" => {}
+        Some(_) => return Err(bad("typ")),
+    }
+    let accepted = [client_id.to_owned()];
+    let aud_ok = match claims.get("aud") {
+        None => return Err(missing("aud")),
+        Some(Value::String(a)) => a == client_id,
+        Some(Value::Array(items)) => {
+            let mut found = false;
+            for item in items {
+                let Value::String(a) = item else {
+                    return Err(bad("aud"));
+                };
+                found |= accepted.contains(a);
+            }
+            found
+        }
+        Some(_) => return Err(bad("aud")),
+    };
+    if !aud_ok {
+        return Err(AuthError::AudienceMismatch);
+    }
+    match claims.get("azp") {
+        None => {}
+        Some(Value::String(a)) if a == client_id => {}
+        Some(_) => return Err(AuthError::AudienceMismatch),
+    }
+    match claims.get("nonce") {
+        None => Err(missing("nonce")),
+        Some(Value::String(n))
+            if bool::from(subtle::ConstantTimeEq::ct_eq(
+                n.as_bytes(),
+                nonce.as_bytes(),
+            )) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(bad("nonce")),
+    }
+}
+
+fn check_issuer_and_times(
+    settings: &OidcSettings,
+    claims: &Claims,
+    now: SystemTime,
+) -> Result<(), AuthError> {
     match claims.get("iss") {
         None => return Err(missing("iss")),
         Some(Value::String(iss)) if *iss == settings.issuer => {}
@@ -96,14 +171,6 @@ pub(crate) fn check(
         && iat > now.saturating_add(leeway)
     {
         return Err(AuthError::IssuedInFuture);
-    }
-    if let Some(Value::String(typ)) = claims.get("typ")
-        && REFUSED_TOKEN_TYPES.contains(&typ.as_str())
-    {
-        return Err(bad("typ"));
-    }
-    if !settings.audiences.is_empty() {
-        check_audience(&settings.audiences, claims)?;
     }
     Ok(())
 }

@@ -1315,3 +1315,90 @@ fn jwk_alg_field_is_standard() {
     assert_eq!(v["alg"], "RS256");
     assert_eq!(v["kty"], "RSA");
 }
+
+/// ID tokens of the dashboard's SSO login: audience, `azp`, nonce and type
+/// are checked besides everything an access token must pass.
+#[tokio::test]
+async fn id_token_table() {
+    let k = keys();
+    // The access-token audience list is not what an ID token is checked
+    // against: the client id is.
+    let v = validator(&k, settings());
+    let id = json!({
+        "iss": ISSUER, "sub": "u-1", "aud": "dash", "exp": NOW + 300, "iat": NOW - 1,
+        "nonce": "n-123", "preferred_username": "alice", "tenant": "acme",
+        "realm_access": {"roles": ["admin"]},
+    });
+    let sign = |c: &Value| sign_raw(&header("ES256", "ec-1"), c, &k.p256, Algorithm::ES256);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("good", id.clone(), "ok"),
+        (
+            "aud list with us",
+            with(id.clone(), "aud", json!(["other", "dash"])),
+            "ok",
+        ),
+        ("azp is us", with(id.clone(), "azp", json!("dash")), "ok"),
+        (
+            "keycloak typ ID",
+            with(id.clone(), "typ", json!("ID")),
+            "ok",
+        ),
+        (
+            "another audience",
+            with(id.clone(), "aud", json!(AUDIENCE)),
+            "audience_mismatch",
+        ),
+        ("no aud", without(id.clone(), "aud"), "missing_claim"),
+        (
+            "issued to another client",
+            with(id.clone(), "azp", json!("other")),
+            "audience_mismatch",
+        ),
+        (
+            "wrong nonce",
+            with(id.clone(), "nonce", json!("n-124")),
+            "bad_claim",
+        ),
+        (
+            "missing nonce",
+            without(id.clone(), "nonce"),
+            "missing_claim",
+        ),
+        (
+            "an access token",
+            with(id.clone(), "typ", json!("Bearer")),
+            "bad_claim",
+        ),
+        (
+            "expired",
+            with(id.clone(), "exp", json!(NOW - 60)),
+            "expired",
+        ),
+        (
+            "other issuer",
+            with(id.clone(), "iss", json!("https://evil.example")),
+            "issuer_mismatch",
+        ),
+    ];
+    for (name, claims, want) in cases {
+        let got = v
+            .validate_id_token(&sign(&claims), "dash", "n-123", at(NOW))
+            .await;
+        assert_eq!(code(&got), want, "{name}: {got:?}");
+    }
+    let p = v
+        .validate_id_token(&sign(&id), "dash", "n-123", at(NOW))
+        .await
+        .unwrap();
+    assert!(p.has_role("admin"));
+    assert_eq!(p.user.as_str(), "alice");
+    // A forged signature is refused before any claim is read.
+    let forged = sign_raw(
+        &header("ES256", "ec-1"),
+        &id,
+        &k.attacker_p256,
+        Algorithm::ES256,
+    );
+    let got = v.validate_id_token(&forged, "dash", "n-123", at(NOW)).await;
+    assert_eq!(code(&got), "bad_signature");
+}

@@ -3,7 +3,7 @@
 // the server is put into the page with textContent, never as markup.
 "use strict";
 
-const state = { csrf: null, page: "traffic", timer: null };
+const state = { csrf: null, page: "traffic", timer: null, auditBefore: null, auditOlder: null };
 
 function $(id) { return document.getElementById(id); }
 
@@ -35,6 +35,19 @@ async function api(path, options) {
   return body;
 }
 
+// Why an SSO login came back refused; the server sends only these codes.
+const SSO_ERRORS = {
+  no_login_in_progress: "SSO login expired or was already used; start again",
+  state_mismatch: "SSO login refused: the answer does not belong to this browser's login",
+  issuer_mismatch: "SSO login refused: the answer came from another identity provider",
+  provider_refused: "the identity provider refused the login",
+  no_code: "SSO login refused: the provider sent no code",
+  code_exchange_failed: "SSO login failed: the code could not be exchanged (see aibox's log)",
+  id_token_refused: "SSO login refused: the ID token is not valid for this dashboard",
+  not_admin: "SSO login refused: your account lacks the admin role",
+  sso_unavailable: "SSO login is not available right now",
+};
+
 function showLogin(message) {
   state.csrf = null;
   if (state.timer) { clearInterval(state.timer); state.timer = null; }
@@ -42,6 +55,14 @@ function showLogin(message) {
   for (const p of document.querySelectorAll(".page")) p.hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message || "";
+  fetch("/api/login/methods", { credentials: "same-origin" })
+    .then(r => r.json())
+    .then(m => {
+      $("sso").hidden = !m.sso;
+      // With SSO only, there is no secret to type.
+      $("login-form").hidden = !(m.token || m.password) && m.sso;
+    })
+    .catch(() => {});
 }
 
 async function login(event) {
@@ -123,11 +144,20 @@ function details(ev) {
   return parts.join(" ");
 }
 
-async function loadAudit() {
+// One page of the log, newest first; `before` pages back by sequence number.
+async function loadAudit(before) {
   const tenant = await tenantOptions("audit-tenant");
   $("verify-result").textContent = "";
   if (!tenant) { fill("audit-table", [], () => {}); return; }
-  const data = await api("/api/audit/" + encodeURIComponent(tenant));
+  state.auditBefore = before || null;
+  const query = before ? "?before=" + encodeURIComponent(before) : "";
+  const data = await api("/api/audit/" + encodeURIComponent(tenant) + query);
+  state.auditOlder = data.older || null;
+  $("audit-older").disabled = !state.auditOlder;
+  $("audit-newest").disabled = !before;
+  $("audit-range").textContent = data.rows.length
+    ? "seq " + data.rows[data.rows.length - 1].seq + " to " + data.rows[0].seq + " of " + data.total
+    : "no rows";
   fill("audit-table", data.rows, (tr, r) => {
     cell(tr, r.seq);
     cell(tr, r.turn || "", "mono");
@@ -207,16 +237,20 @@ async function loadDoctor() {
 document.addEventListener("DOMContentLoaded", async () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
-  $("audit-refresh").addEventListener("click", () => loadAudit().catch(() => {}));
+  $("audit-refresh").addEventListener("click", () => loadAudit(state.auditBefore).catch(() => {}));
   $("audit-tenant").addEventListener("change", () => loadAudit().catch(() => {}));
+  $("audit-newest").addEventListener("click", () => loadAudit().catch(() => {}));
+  $("audit-older").addEventListener("click", () => { if (state.auditOlder) loadAudit(state.auditOlder).catch(() => {}); });
   $("gr-tenant").addEventListener("change", () => loadGuardrail().catch(() => {}));
   $("audit-verify").addEventListener("click", verify);
   for (const b of document.querySelectorAll("nav button[data-page]")) b.addEventListener("click", () => show(b.dataset.page));
+  const ssoError = new URLSearchParams(location.search).get("sso_error");
+  if (ssoError) history.replaceState(null, "", "/");
   try {
     const s = await api("/api/session");
     state.csrf = s.csrf || null;
     start();
   } catch (e) {
-    showLogin("");
+    showLogin(ssoError ? (SSO_ERRORS[ssoError] || "SSO login failed") : "");
   }
 });
