@@ -279,6 +279,36 @@ pub enum Denial {
         /// `scanner/rule`, or a description.
         reason: String,
     },
+    /// The resource URI is not `aibox://SERVER/URI`.
+    BadUri(String),
+    /// The registry's `resources` rules refuse the resource (or the server
+    /// exposes no resources).
+    ResourceNotAllowed {
+        /// The server.
+        server: String,
+        /// The server's own URI.
+        uri: String,
+        /// Which list.
+        verdict: ToolVerdict,
+    },
+    /// The registry's `prompts` rules refuse the prompt (or the server
+    /// exposes no prompts).
+    PromptNotAllowed {
+        /// The server.
+        server: String,
+        /// The prompt.
+        prompt: String,
+        /// Which list.
+        verdict: ToolVerdict,
+    },
+    /// The server did not announce resources (or prompts) when aibox
+    /// initialized it.
+    NotOffered {
+        /// The server.
+        server: String,
+        /// `resources` or `prompts`.
+        what: &'static str,
+    },
 }
 
 impl Denial {
@@ -295,6 +325,10 @@ impl Denial {
             Self::CapTokenOpNotGranted { .. } => "captoken_op_not_granted",
             Self::CapTokenWrongPrincipal => "captoken_wrong_principal",
             Self::GuardBlocked { .. } => "guardrail_blocked",
+            Self::BadUri(_) => "bad_resource_uri",
+            Self::ResourceNotAllowed { .. } => "resource_not_allowed",
+            Self::PromptNotAllowed { .. } => "prompt_not_allowed",
+            Self::NotOffered { .. } => "not_offered",
         }
     }
 
@@ -307,7 +341,7 @@ impl Denial {
                 format!("unknown tool '{tool}' on server '{server}'")
             }
             Self::ClientNotAllowed { server } => {
-                format!("you are not allowed to use the tools of server '{server}'")
+                format!("you are not allowed to use server '{server}'")
             }
             Self::ToolNotAllowed { server, tool, .. } => {
                 format!("tool '{tool}' of server '{server}' is not enabled for clients")
@@ -323,7 +357,19 @@ impl Denial {
                 "the CapToken was minted for another tenant or user".to_owned()
             }
             Self::GuardBlocked { reason } => {
-                format!("the guardrail blocked the tool arguments ({reason})")
+                format!("the guardrail blocked the arguments ({reason})")
+            }
+            Self::BadUri(u) => {
+                format!("'{u}' is not a resource URI of this gateway (aibox://SERVER/URI)")
+            }
+            Self::ResourceNotAllowed { server, uri, .. } => {
+                format!("resource '{uri}' of server '{server}' is not enabled for clients")
+            }
+            Self::PromptNotAllowed { server, prompt, .. } => {
+                format!("prompt '{prompt}' of server '{server}' is not enabled for clients")
+            }
+            Self::NotOffered { server, what } => {
+                format!("server '{server}' offers no {what}")
             }
         }
     }
@@ -354,6 +400,16 @@ impl Denial {
             }
             Self::GuardBlocked { .. } => {
                 "remove the flagged content from the arguments, or ask an operator about the guardrail profile"
+            }
+            Self::BadUri(_) => "call resources/list and use one of the URIs it returns",
+            Self::ResourceNotAllowed { .. } => {
+                "ask an operator to change the server's resources.allow / resources.deny in data/mcp/registry.json (no \"resources\" key exposes none)"
+            }
+            Self::PromptNotAllowed { .. } => {
+                "ask an operator to change the server's prompts.allow / prompts.deny in data/mcp/registry.json (no \"prompts\" key exposes none)"
+            }
+            Self::NotOffered { .. } => {
+                "call resources/list or prompts/list to see what the servers offer"
             }
         }
     }

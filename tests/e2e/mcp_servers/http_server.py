@@ -7,6 +7,7 @@ POSTs with SSE streams, as FastMCP does by default, so aibox's client side
 of the transport is exercised for real.
 
 Tools: weather(city), upper(text), calls() (how many tool calls it served).
+Resource `weather://today`; prompt `forecast(city)`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def upper(text: str) -> str:
 def calls() -> int:
     """How many weather/upper calls this server has served."""
     return _calls
+
+
+@mcp.resource("weather://today")
+def today() -> str:
+    """Today's weather."""
+    return "sunny everywhere"
+
+
+@mcp.prompt()
+def forecast(city: str) -> str:
+    """A forecast prompt."""
+    return f"Give the forecast for {city}."
 
 
 async def main() -> None:
