@@ -24,7 +24,7 @@
 
 use std::time::Instant;
 
-use aibox_core::audit::{EventKind, GuardStage, Sha256Hex, ToolOutcome};
+use aibox_core::audit::{EventKind, GuardStage, Sha256Hex};
 use serde_json::{Map, Value, json};
 
 use crate::gateway::{CallContext, McpGateway, Recorder, Server, Stop};
