@@ -311,8 +311,10 @@ impl McpGateway {
         let empty = Map::new();
         let params_obj = params.and_then(Value::as_object).unwrap_or(&empty);
         let name = params_obj.get("name").and_then(Value::as_str).unwrap_or("");
+        // Absent and null both mean no arguments (the field is optional).
         let arguments = params_obj
             .get("arguments")
+            .filter(|a| !a.is_null())
             .cloned()
             .unwrap_or_else(|| json!({}));
         let request_hash = Sha256Hex::of(&serde_json::to_vec(&arguments).unwrap_or_default());

@@ -335,7 +335,9 @@ impl Denial {
     /// What happened, safe to show the caller.
     pub fn message(&self) -> String {
         match self {
-            Self::BadName(n) => format!("'{n}' is not a tool name of this gateway (SERVER__TOOL)"),
+            Self::BadName(n) => {
+                format!("'{n}' is not a tool or prompt name of this gateway (SERVER__NAME)")
+            }
             Self::UnknownServer(s) => format!("unknown tool server '{s}'"),
             Self::UnknownTool { server, tool } => {
                 format!("unknown tool '{tool}' on server '{server}'")
@@ -377,8 +379,11 @@ impl Denial {
     /// What the caller or the operator can do about it.
     pub fn fix(&self) -> &'static str {
         match self {
-            Self::BadName(_) | Self::UnknownServer(_) | Self::UnknownTool { .. } => {
-                "call tools/list and use one of the names it returns"
+            Self::BadName(_) | Self::UnknownTool { .. } => {
+                "call tools/list (or prompts/list) and use one of the names it returns"
+            }
+            Self::UnknownServer(_) => {
+                "call tools/list, resources/list or prompts/list and use one of the names or URIs it returns"
             }
             Self::ClientNotAllowed { .. } => {
                 "ask an operator to add a selector for you to the server's allow_clients in data/mcp/registry.json"
