@@ -28,10 +28,16 @@ noise of a shared machine disturbs much less.
 
 Usage (from the repository root, after `cargo build --release -p aibox`):
 
-    .venv/bin/python bench/mcp_overhead.py [--calls 500] [--aibox target/release/aibox] [--pairs stdio,http-sdk,http-lean]
+    .venv/bin/python bench/mcp_overhead.py [--calls 500] [--aibox target/release/aibox] [--pairs stdio,http-sdk,http-lean] [--baseline OTHER_AIBOX]
 
 Set `AIBOX_BENCH_PID_FILE=PATH` to have aibox's pid written there (to attach
 `perf record -p`).
+
+`--baseline PATH` starts a second aibox from another binary (e.g. a build of
+the previous commit) with its own data directory, in front of the same
+servers, and adds it as a third side of every round: direct, baseline and
+aibox alternate call by call, so a before/after comparison of two builds
+sees the same machine noise.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -95,33 +102,40 @@ def cpu_seconds(pid: int) -> float:
 Call = Callable[[int], Awaitable[None]]
 
 
-async def pair(name: str, calls: int, direct: Call, gateway: Call, aibox_pid: int) -> dict:
-    """Alternates direct and gateway calls; returns the latencies and aibox's
-    CPU time per gateway call."""
-    direct_t: list[float] = []
-    gw_t: list[float] = []
+async def pair(name: str, calls: int, direct: Call, gateways: list[tuple[str, Call, int]]) -> list[dict]:
+    """Alternates direct and gateway calls (one or more gateways, e.g. a
+    baseline build and the current one); returns, per gateway, the
+    latencies against direct and that aibox's CPU time per call."""
+    sides: list[tuple[str, Call]] = [("direct", direct)] + [(label, fn) for label, fn, _ in gateways]
+    times: dict[str, list[float]] = {label: [] for label, _ in sides}
     for i in range(WARMUP):
-        await direct(i)
-        await gateway(i)
-    cpu0 = cpu_seconds(aibox_pid)
+        for _, fn in sides:
+            await fn(i)
+    cpu0 = {label: cpu_seconds(pid) for label, _, pid in gateways}
     for i in range(calls):
-        # Swap the order every round so neither side always runs second.
-        order = ((direct, direct_t), (gateway, gw_t)) if i % 2 == 0 else ((gateway, gw_t), (direct, direct_t))
-        for fn, acc in order:
+        # Rotate the order every round so no side always runs first or last.
+        k = i % len(sides)
+        for label, fn in sides[k:] + sides[:k]:
             t0 = time.perf_counter()
             await fn(i)
-            acc.append((time.perf_counter() - t0) * 1000)
-    cpu = cpu_seconds(aibox_pid) - cpu0
-    d50, g50 = pct(direct_t, 50), pct(gw_t, 50)
-    d99, g99 = pct(direct_t, 99), pct(gw_t, 99)
+            times[label].append((time.perf_counter() - t0) * 1000)
+    cpu = {label: cpu_seconds(pid) - cpu0[label] for label, _, pid in gateways}
+    d = times["direct"]
+    d50, d99 = pct(d, 50), pct(d, 99)
     print(f"[{name}] calls per side: {calls}")
-    print(f"[{name}] direct        p50 {d50:7.3f} ms  p99 {d99:7.3f} ms  mean {statistics.mean(direct_t):7.3f} ms")
-    print(f"[{name}] through aibox p50 {g50:7.3f} ms  p99 {g99:7.3f} ms  mean {statistics.mean(gw_t):7.3f} ms")
-    print(f"[{name}] added by aibox p50 {g50 - d50:+.3f} ms  p99 {g99 - d99:+.3f} ms  (target: p50 <= 1 ms)")
-    print(f"[{name}] aibox CPU per call {cpu / calls * 1000:.3f} ms (utime+stime over {calls} calls)")
+    print(f"[{name}] direct          p50 {d50:7.3f} ms  p99 {d99:7.3f} ms  mean {statistics.mean(d):7.3f} ms")
+    out = []
+    for label, _, _ in gateways:
+        g = times[label]
+        g50, g99 = pct(g, 50), pct(g, 99)
+        cpu_ms = cpu[label] / calls * 1000
+        print(f"[{name}] {label:15} p50 {g50:7.3f} ms  p99 {g99:7.3f} ms  mean {statistics.mean(g):7.3f} ms")
+        print(f"[{name}] added by {label:9} p50 {g50 - d50:+.3f} ms  p99 {g99 - d99:+.3f} ms  (target: p50 <= 1 ms)"
+              f"  CPU per call {cpu_ms:.3f} ms")
+        out.append({"pair": name, "side": label, "direct_p50": d50, "aibox_p50": g50, "added_p50": g50 - d50,
+                    "direct_p99": d99, "aibox_p99": g99, "aibox_cpu_ms_per_call": cpu_ms})
     sys.stdout.flush()
-    return {"pair": name, "direct_p50": d50, "aibox_p50": g50, "added_p50": g50 - d50,
-            "direct_p99": d99, "aibox_p99": g99, "aibox_cpu_ms_per_call": cpu / calls * 1000}
+    return out
 
 
 def check_sdk(r) -> None:
@@ -190,15 +204,12 @@ def wait_line(proc: subprocess.Popen, needle: str, what: str, err: Path) -> str:
             return line
 
 
-async def run(aibox: str, calls: int, pairs: list[str]) -> None:
-    work = Path(tempfile.mkdtemp(prefix="aibox-mcp-bench-"))
-    http_proc = subprocess.Popen([sys.executable, str(HTTP_SERVER)], stdout=subprocess.PIPE,
-                                 stderr=open(work / "http_server.stderr", "w"), text=True)
-    procs = [http_proc]
-    try:
-        http_addr = wait_line(http_proc, "LISTENING", "the HTTP MCP server", work / "http_server.stderr").split()[1]
-        http_port = http_addr.rsplit(":", 1)[1]
-        http_url = f"http://{http_addr}/mcp"
+class Gateway:
+    """One aibox in front of the servers, with its own data directory."""
+
+    def __init__(self, label: str, binary: str, http_url: str, http_port: str, root: Path):
+        self.label = label
+        work = root / label
         (work / "data" / "mcp").mkdir(parents=True)
         (work / "data" / "mcp" / "servers.txt").write_text("local\nremote\n")
         (work / "data" / "mcp" / "registry.json").write_text(json.dumps({"servers": {
@@ -216,65 +227,79 @@ async def run(aibox: str, calls: int, pairs: list[str]) -> None:
         # unless the operator allows it: exactly this host and port.
         env["AIBOX_EGRESS_ALLOW_HOSTS"] = "127.0.0.1"
         env["AIBOX_EGRESS_ALLOWED_PORTS"] = http_port
-        key = subprocess.run([aibox, "apikey", "create", "--config", "config.yaml", "--tenant", "bench", "--user", "u"],
+        key = subprocess.run([binary, "apikey", "create", "--config", "config.yaml", "--tenant", "bench", "--user", "u"],
                              cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
-        proc = subprocess.Popen([aibox, "serve", "--config", "config.yaml"], cwd=work, env=env,
-                                stdout=subprocess.PIPE, stderr=open(work / "aibox.stderr", "w"), text=True)
-        procs.append(proc)
-        line = wait_line(proc, "aibox listening", "aibox", work / "aibox.stderr")
-        if pid_file := os.environ.get("AIBOX_BENCH_PID_FILE"):
-            Path(pid_file).write_text(str(proc.pid))
+        self.proc = subprocess.Popen([binary, "serve", "--config", "config.yaml"], cwd=work, env=env,
+                                     stdout=subprocess.PIPE, stderr=open(work / "aibox.stderr", "w"), text=True)
+        line = wait_line(self.proc, "aibox listening", f"aibox ({label})", work / "aibox.stderr")
         main = re.search(r"main=(\S+)", line).group(1)
-        gw_url = f"http://{main}/mcp"
+        self.url = f"http://{main}/mcp"
         token = captoken(cap_secret, "bench", "u", ["tool:local/echo", "tool:remote/upper"])
-        headers = {"Authorization": f"Bearer {key}", "X-Aibox-CapToken": token}
-        results = []
+        self.headers = {"Authorization": f"Bearer {key}", "X-Aibox-CapToken": token}
 
-        async with httpx.AsyncClient(headers=headers, timeout=30) as gw_http:
-            async with streamable_http_client(gw_url, http_client=gw_http) as (gr, gw_w, _):
-                async with ClientSession(gr, gw_w) as gw:
-                    await gw.initialize()
 
-                    if "stdio" in pairs:
-                        params = StdioServerParameters(command=sys.executable, args=[str(STDIO_SERVER)])
-                        async with stdio_client(params) as (dr, dw), ClientSession(dr, dw) as direct:
+async def run(aibox: str, calls: int, pairs: list[str], baseline: str | None) -> None:
+    work = Path(tempfile.mkdtemp(prefix="aibox-mcp-bench-"))
+    http_proc = subprocess.Popen([sys.executable, str(HTTP_SERVER)], stdout=subprocess.PIPE,
+                                 stderr=open(work / "http_server.stderr", "w"), text=True)
+    procs = [http_proc]
+    try:
+        http_addr = wait_line(http_proc, "LISTENING", "the HTTP MCP server", work / "http_server.stderr").split()[1]
+        http_port = http_addr.rsplit(":", 1)[1]
+        http_url = f"http://{http_addr}/mcp"
+        gateways: list[Gateway] = []
+        if baseline:
+            gateways.append(Gateway("baseline", baseline, http_url, http_port, work))
+            procs.append(gateways[-1].proc)
+        gateways.append(Gateway("aibox", aibox, http_url, http_port, work))
+        procs.append(gateways[-1].proc)
+        if pid_file := os.environ.get("AIBOX_BENCH_PID_FILE"):
+            Path(pid_file).write_text(str(gateways[-1].proc.pid))
+        results: list[dict] = []
+
+        async with contextlib.AsyncExitStack() as stack:
+            sdk: list[tuple[Gateway, ClientSession]] = []
+            for g in gateways:
+                g_http = await stack.enter_async_context(httpx.AsyncClient(headers=g.headers, timeout=30))
+                gr, gw_w, _ = await stack.enter_async_context(streamable_http_client(g.url, http_client=g_http))
+                session = await stack.enter_async_context(ClientSession(gr, gw_w))
+                await session.initialize()
+                sdk.append((g, session))
+
+            def via(tool: str, session: ClientSession) -> Call:
+                async def call(i: int) -> None:
+                    check_sdk(await session.call_tool(tool, {"text": f"hello {i}"}))
+                return call
+
+            if "stdio" in pairs:
+                params = StdioServerParameters(command=sys.executable, args=[str(STDIO_SERVER)])
+                async with stdio_client(params) as (dr, dw), ClientSession(dr, dw) as direct:
+                    await direct.initialize()
+                    results += await pair("stdio", calls, via("echo", direct),
+                                          [(g.label, via("local__echo", s), g.proc.pid) for g, s in sdk])
+
+            if "http-sdk" in pairs:
+                async with httpx.AsyncClient(timeout=30) as d_http:
+                    async with streamable_http_client(http_url, http_client=d_http) as (dr, dw, _):
+                        async with ClientSession(dr, dw) as direct:
                             await direct.initialize()
-
-                            async def d_stdio(i: int) -> None:
-                                check_sdk(await direct.call_tool("echo", {"text": f"hello {i}"}))
-
-                            async def g_stdio(i: int) -> None:
-                                check_sdk(await gw.call_tool("local__echo", {"text": f"hello {i}"}))
-
-                            results.append(await pair("stdio", calls, d_stdio, g_stdio, proc.pid))
-
-                    if "http-sdk" in pairs:
-                        async with httpx.AsyncClient(timeout=30) as d_http:
-                            async with streamable_http_client(http_url, http_client=d_http) as (dr, dw, _):
-                                async with ClientSession(dr, dw) as direct:
-                                    await direct.initialize()
-
-                                    async def d_sdk(i: int) -> None:
-                                        check_sdk(await direct.call_tool("upper", {"text": f"hello {i}"}))
-
-                                    async def g_sdk(i: int) -> None:
-                                        check_sdk(await gw.call_tool("remote__upper", {"text": f"hello {i}"}))
-
-                                    results.append(await pair("http-sdk", calls, d_sdk, g_sdk, proc.pid))
+                            results += await pair("http-sdk", calls, via("upper", direct),
+                                                  [(g.label, via("remote__upper", s), g.proc.pid) for g, s in sdk])
 
         if "http-lean" in pairs:
+            def lean(tool: str, client: LeanClient) -> Call:
+                async def call(i: int) -> None:
+                    await client.call(tool, {"text": f"hello {i}"})
+                return call
+
             direct_lean = LeanClient(http_url, {})
-            gw_lean = LeanClient(gw_url, headers)
             await direct_lean.start()
-            await gw_lean.start()
-
-            async def d_lean(i: int) -> None:
-                await direct_lean.call("upper", {"text": f"hello {i}"})
-
-            async def g_lean(i: int) -> None:
-                await gw_lean.call("remote__upper", {"text": f"hello {i}"})
-
-            results.append(await pair("http-lean", calls, d_lean, g_lean, proc.pid))
+            sides = []
+            for g in gateways:
+                c = LeanClient(g.url, g.headers)
+                await c.start()
+                sides.append((g.label, lean("remote__upper", c), g.proc.pid))
+            results += await pair("http-lean", calls, lean("upper", direct_lean), sides)
         print("SUMMARY " + json.dumps(results))
     finally:
         for p in reversed(procs):
@@ -290,8 +315,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--aibox", default=str(ROOT / "target" / "release" / "aibox"))
     ap.add_argument("--pairs", default="stdio,http-sdk,http-lean")
+    ap.add_argument("--baseline", default=None, help="a second aibox binary measured alongside (before/after)")
     a = ap.parse_args()
-    asyncio.run(run(a.aibox, a.calls, a.pairs.split(",")))
+    asyncio.run(run(a.aibox, a.calls, a.pairs.split(","), a.baseline))
 
 
 if __name__ == "__main__":

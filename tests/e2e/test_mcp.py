@@ -64,8 +64,10 @@ INJECTED_SECRET = "tok-e2e-" + secrets.token_hex(8)
 TOOL_TIMEOUT_MS = 2000
 
 #: JSON-RPC error codes of the gateway.
+INVALID_PARAMS = -32602
 POLICY_DENIED = -32010
 CAPTOKEN_REFUSED = -32011
+GUARDRAIL_BLOCKED = -32012
 UPSTREAM_TIMEOUT = -32013
 UPSTREAM_UNAVAILABLE = -32014
 
@@ -183,11 +185,15 @@ def env(module_cluster: Cluster) -> Env:
                 timeout_ms=TOOL_TIMEOUT_MS,
                 allow_clients=["tenant:acme&role:tools"],
                 tools={"deny": ["danger"]},
+                resources={"deny": ["notes://private/*"]},
+                prompts={"deny": ["debug_*"]},
             ),
             "remote": {
                 "transport": "http",
                 "url": f"http://{http_addr}/mcp",
                 "allow_clients": ["tenant:acme&role:tools"],
+                # Resources exposed; no "prompts" key, so its prompts stay hidden.
+                "resources": {},
             },
             "filesystem": {"transport": "builtin", "allow_clients": ["user:acme/alice"]},
             "closed": stdio_server(allow_clients=[]),
@@ -279,6 +285,30 @@ def tool_call_event(env: Env, key: str, turn: str) -> dict[str, Any]:
 
 def error_turn(err: McpError) -> str:
     return err.error.data["turn"]
+
+
+def mcp_request_event(env: Env, key: str, turn: str) -> dict[str, Any]:
+    """The one `mcp_request` event of a resources/read or prompts/get turn."""
+    events = receipt_events(env, key, turn)
+    assert events[0]["type"] == "request_received" and events[0]["route"] == "/mcp", events
+    assert events[-1]["type"] == "turn_end", events
+    found = [e for e in events if e["type"] == "mcp_request"]
+    assert len(found) == 1, events
+    return found[0]
+
+
+def sha256_json(v: Any) -> str:
+    """The hash aibox records for a JSON value (compact, keys sorted)."""
+    return hashlib.sha256(json.dumps(v, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
+async def refused(coro: Awaitable[Any]) -> McpError:
+    """The McpError a request must end in."""
+    try:
+        r = await coro
+    except McpError as e:
+        return e
+    raise AssertionError(f"the request was not refused: {r}")
 
 
 # --------------------------------------------------------------------------
@@ -585,3 +615,123 @@ def test_issue8_tool_call_metrics_by_server_tool_and_verdict_with_bounded_labels
         pytest.fail("promtool not found; install Debian's `prometheus` package (.ci/run does)", pytrace=False)
     r = subprocess.run([promtool, "check", "metrics"], input=text_004, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, f"promtool rejected the exposition:\n{r.stdout}\n{r.stderr}"
+
+
+def test_issue6_resources_and_prompts_pass_through_over_stdio_and_http(env: Env):
+    """The official SDK client lists and reads resources and resource
+    templates, and lists and gets prompts, of an SDK stdio server and an SDK
+    Streamable HTTP server through /mcp, namespaced; each read and get is
+    its own audit turn."""
+
+    async def fn(s: ClientSession) -> dict[str, Any]:
+        return {
+            "resources": sorted(str(r.uri) for r in (await s.list_resources()).resources),
+            "templates": sorted(t.uriTemplate for t in (await s.list_resource_templates()).resourceTemplates),
+            "prompts": sorted(p.name for p in (await s.list_prompts()).prompts),
+            "index": await s.read_resource("aibox://local/notes://index"),
+            "templated": await s.read_resource("aibox://local/notes://42"),
+            "remote": await s.read_resource("aibox://remote/weather://today"),
+            "greet": await s.get_prompt("local__greet", {"name": "Ada"}),
+        }
+
+    r = with_session(env, env.alice, fn)
+    for want in ["aibox://local/notes://index", "aibox://local/notes://injected", "aibox://remote/weather://today"]:
+        assert want in r["resources"], r["resources"]
+    assert not [u for u in r["resources"] if "private" in u], "a resource the registry denies was listed"
+    assert r["templates"] == ["aibox://local/notes://{id}"], r["templates"]
+    assert "local__greet" in r["prompts"], r["prompts"]
+    assert "local__debug_dump" not in r["prompts"], "a prompt the registry denies was listed"
+    assert not [p for p in r["prompts"] if p.startswith("remote__")], "prompts of a server without a prompts key were listed"
+
+    index = r["index"]
+    assert [c.text for c in index.contents] == ["index: 1, 2, 3"]
+    assert str(index.contents[0].uri) == "aibox://local/notes://index"
+    assert [c.text for c in r["templated"].contents] == ["note 42"]
+    assert [c.text for c in r["remote"].contents] == ["sunny everywhere"]
+    assert str(r["remote"].contents[0].uri) == "aibox://remote/weather://today"
+    assert [m.content.text for m in r["greet"].messages] == ["Say hello to Ada."]
+
+    ev = mcp_request_event(env, env.alice, index.meta["aibox/turn"])
+    assert (ev["server"], ev["method"], ev["target"], ev["outcome"]) == ("local", "resources/read", "notes", {"outcome": "ok"}), ev
+    assert ev["request_sha256"] == sha256_json({"uri": "notes://index"}), ev
+    assert re.fullmatch(r"[0-9a-f]{64}", ev["result_sha256"]), ev
+    ev = mcp_request_event(env, env.alice, r["remote"].meta["aibox/turn"])
+    assert (ev["server"], ev["method"], ev["target"]) == ("remote", "resources/read", "weather"), ev
+    ev = mcp_request_event(env, env.alice, r["greet"].meta["aibox/turn"])
+    assert (ev["server"], ev["method"], ev["target"], ev["outcome"]) == ("local", "prompts/get", "greet", {"outcome": "ok"}), ev
+    assert ev["request_sha256"] == sha256_json({"name": "Ada"}), ev
+    # Neither the URI's path nor the prompt's arguments are in the log.
+    logged = json.dumps(receipt_events(env, env.alice, r["greet"].meta["aibox/turn"]))
+    assert "Ada" not in logged, logged
+
+
+def test_issue6_resource_and_prompt_refusals(env: Env):
+    """A client outside allow_clients sees no resources or prompts and can
+    read or get none; denied, hidden, unknown and malformed identifiers are
+    refused with the reason and recorded; the guardrail blocks an injection
+    in a resource, redacts a key from one, and blocks a secret in a prompt's
+    arguments."""
+
+    async def bob(s: ClientSession) -> dict[str, Any]:
+        return {
+            "resources": (await s.list_resources()).resources,
+            "templates": (await s.list_resource_templates()).resourceTemplates,
+            "prompts": (await s.list_prompts()).prompts,
+            "read": await refused(s.read_resource("aibox://local/notes://index")),
+            "remote": await refused(s.read_resource("aibox://remote/weather://today")),
+            "get": await refused(s.get_prompt("local__greet", {"name": "Ada"})),
+        }
+
+    r = with_session(env, env.bob, bob)
+    assert r["resources"] == [] and r["templates"] == [] and r["prompts"] == [], r
+    for what in ["read", "remote", "get"]:
+        err = r[what]
+        assert err.error.code == POLICY_DENIED and err.error.data["reason"] == "client_not_allowed", (what, err.error)
+        ev = mcp_request_event(env, env.bob, error_turn(err))
+        assert ev["outcome"] == {"outcome": "denied", "reason": "client_not_allowed"}, ev
+        assert ev["result_sha256"] is None
+
+    async def alice(s: ClientSession) -> dict[str, Any]:
+        return {
+            "denied": await refused(s.read_resource("aibox://local/notes://private/diary")),
+            "hidden_prompt": await refused(s.get_prompt("remote__forecast", {"city": "Oslo"})),
+            "denied_prompt": await refused(s.get_prompt("local__debug_dump")),
+            "unknown_server": await refused(s.read_resource("aibox://ghost/notes://1")),
+            "not_namespaced": await refused(s.read_resource("notes://index")),
+            "injected": await refused(s.read_resource("aibox://local/notes://injected")),
+            "secret_argument": await refused(s.get_prompt("local__greet", {"name": "AKIAQ3EGRDQYB7NXPL2Q"})),
+            "leaky": await s.read_resource("aibox://local/notes://leaky"),
+        }
+
+    r = with_session(env, env.alice, alice)
+    expected = {
+        "denied": (POLICY_DENIED, "resource_not_allowed", "resources.allow"),
+        "hidden_prompt": (POLICY_DENIED, "prompt_not_allowed", "prompts.allow"),
+        "denied_prompt": (POLICY_DENIED, "prompt_not_allowed", "prompts.allow"),
+        "unknown_server": (INVALID_PARAMS, "unknown_server", "resources/list"),
+        "not_namespaced": (INVALID_PARAMS, "bad_resource_uri", "resources/list"),
+    }
+    for what, (code, reason, fix) in expected.items():
+        err = r[what]
+        assert (err.error.code, err.error.data["reason"]) == (code, reason), (what, err.error)
+        assert fix in err.error.message, (what, err.error.message)
+        ev = mcp_request_event(env, env.alice, error_turn(err))
+        assert ev["outcome"] == {"outcome": "denied", "reason": reason}, (what, ev)
+    assert "this must never" not in json.dumps([str(r[k].error) for k in expected])
+
+    err = r["injected"]
+    assert err.error.code == GUARDRAIL_BLOCKED and "prompt_injection" in err.error.message, err.error
+    assert "system prompt" not in err.error.message
+    ev = mcp_request_event(env, env.alice, error_turn(err))
+    assert ev["outcome"]["outcome"] == "failed" and ev["outcome"]["reason"].startswith("guardrail:"), ev
+    verdicts = [e for e in receipt_events(env, env.alice, error_turn(err)) if e["type"] == "guardrail_verdict"]
+    assert [(v["stage"], v["action"]) for v in verdicts] == [("tool_result", "block")], verdicts
+
+    err = r["secret_argument"]
+    assert err.error.code == GUARDRAIL_BLOCKED and err.error.data["reason"] == "guardrail_blocked", err.error
+    verdicts = [e for e in receipt_events(env, env.alice, error_turn(err)) if e["type"] == "guardrail_verdict"]
+    assert [(v["stage"], v["action"]) for v in verdicts] == [("tool_arguments", "block")], verdicts
+
+    leaky = r["leaky"]
+    body = " ".join(c.text for c in leaky.contents)
+    assert "deploy with key" in body and "AKIAQ3" not in body, body

@@ -192,6 +192,26 @@ pub enum EventKind {
         /// The tool call is recorded as its own turn; this links the two.
         parent_turn: Option<TurnId>,
     },
+    /// A resource read or prompt fetch at the MCP gateway (`resources/read`,
+    /// `prompts/get`); tool calls are [`EventKind::ToolCall`].
+    McpRequest {
+        /// The MCP server.
+        server: String,
+        /// The MCP method.
+        method: String,
+        /// The prompt name, or the resource URI's scheme (a URI may carry
+        /// personal data; it is covered by `request_sha256`).
+        target: String,
+        /// The hash of the request's JSON (`{"uri": ...}` or the prompt's
+        /// arguments).
+        request_sha256: Sha256Hex,
+        /// The hash of the result, when there is one.
+        result_sha256: Option<Sha256Hex>,
+        /// Policy and execution outcome.
+        outcome: ToolOutcome,
+        /// Wall time in milliseconds.
+        duration_ms: u64,
+    },
     /// An upstream model answered (or failed to).
     UpstreamResponse {
         /// The configured upstream's name.

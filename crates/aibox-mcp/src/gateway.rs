@@ -271,9 +271,9 @@ impl McpDeps {
     }
 }
 
-struct Server {
-    spec: ServerSpec,
-    upstream: Arc<dyn Upstream>,
+pub(crate) struct Server {
+    pub(crate) spec: ServerSpec,
+    pub(crate) upstream: Arc<dyn Upstream>,
 }
 
 /// The MCP tool gateway.
@@ -339,14 +339,14 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Collects a call's events.
-struct Recorder<'a> {
+pub(crate) struct Recorder<'a> {
     ctx: &'a CallContext<'a>,
     turn: TurnId,
     events: Vec<AuditEvent>,
 }
 
 impl<'a> Recorder<'a> {
-    fn new(ctx: &'a CallContext<'a>) -> Self {
+    pub(crate) fn new(ctx: &'a CallContext<'a>) -> Self {
         let mut r = Self {
             ctx,
             turn: TurnId::generate(),
@@ -377,7 +377,7 @@ impl<'a> Recorder<'a> {
 }
 
 /// How a call ended before it produced a result.
-enum Stop {
+pub(crate) enum Stop {
     Denied(Denial),
     BadArguments(String),
     Failed {
@@ -392,7 +392,11 @@ fn denial_code(d: &Denial) -> i64 {
         Denial::BadName(_) | Denial::UnknownServer(_) | Denial::UnknownTool { .. } => {
             codes::INVALID_PARAMS
         }
-        Denial::ClientNotAllowed { .. } | Denial::ToolNotAllowed { .. } => codes::POLICY_DENIED,
+        Denial::BadUri(_) | Denial::NotOffered { .. } => codes::INVALID_PARAMS,
+        Denial::ClientNotAllowed { .. }
+        | Denial::ToolNotAllowed { .. }
+        | Denial::ResourceNotAllowed { .. }
+        | Denial::PromptNotAllowed { .. } => codes::POLICY_DENIED,
         Denial::CapTokenMissing { .. }
         | Denial::CapTokenInvalid { .. }
         | Denial::CapTokenOpNotGranted { .. }
@@ -615,8 +619,12 @@ impl McpGateway {
         &self.settings
     }
 
-    fn server(&self, name: &str) -> Option<&Server> {
+    pub(crate) fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.spec.name == name)
+    }
+
+    pub(crate) fn servers(&self) -> &[Server] {
+        &self.servers
     }
 
     fn check_captoken(
@@ -831,59 +839,63 @@ impl McpGateway {
                     ));
                 }
                 Err(CallError::Rpc(e)) => {
-                    // Pass the server's own error on, through the guardrail
-                    // like any tool output.
-                    let text = cut(&e.message, MAX_UPSTREAM_MESSAGE);
-                    let checked = self.guard_stage(
-                        ctx,
-                        &mut rec,
-                        GuardStage::ToolResult,
-                        &server_name,
-                        &tool_name,
-                        Value::String(text),
-                        |reason| Stop::Failed {
-                            code: codes::GUARDRAIL_BLOCKED,
-                            message: format!(
-                                "the guardrail blocked the tool server's error message ({reason})"
-                            ),
-                            reason: format!("guardrail: {reason}"),
-                        },
-                    )?;
-                    return Err(Stop::Failed {
-                        code: e.code,
-                        message: format!(
-                            "the tool server '{server_name}' answered with an error: {}",
-                            checked.as_str().unwrap_or("")
-                        ),
-                        reason: format!("upstream error {}", e.code),
-                    });
+                    return Err(self.upstream_error(ctx, &mut rec, &server_name, &tool_name, &e));
                 }
                 Err(e) => return Err(upstream_stop(&server_name, e)),
             };
             result_hash = Some(Sha256Hex::of(
                 &serde_json::to_vec(&result).unwrap_or_default(),
             ));
-            self.guard_stage(
-                ctx,
-                &mut rec,
-                GuardStage::ToolResult,
-                &server_name,
-                &tool_name,
-                result,
-                |reason| Stop::Failed {
-                    code: codes::GUARDRAIL_BLOCKED,
-                    message: format!("the guardrail blocked the tool result ({reason})"),
-                    reason: format!("guardrail: {reason}"),
-                },
-            )
+            self.guard_result(ctx, &mut rec, &server_name, &tool_name, result)
         }
         .await;
 
+        let (server, tool) = (server_name.clone(), tool_name.clone());
+        self.conclude(
+            ctx,
+            rec,
+            started,
+            outcome,
+            &server_name,
+            &tool_name,
+            "tool call",
+            parent_turn.clone(),
+            move |outcome, duration_ms| EventKind::ToolCall {
+                server,
+                tool,
+                arguments_sha256: args_hash,
+                result_sha256: result_hash,
+                outcome,
+                duration_ms,
+                parent_turn,
+            },
+        )
+        .await
+    }
+
+    /// Ends a call, read or get: records its turn (the request, the
+    /// verdicts, the event `event` builds from the outcome and duration,
+    /// and the turn's end) durably, then answers. A turn that cannot be
+    /// recorded withholds the result. `what` names the tool, prompt or
+    /// resource scheme in the logs; `label` the kind of request.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn conclude(
+        &self,
+        ctx: &CallContext<'_>,
+        mut rec: Recorder<'_>,
+        started: Instant,
+        outcome: Result<Value, Stop>,
+        server_name: &str,
+        what: &str,
+        label: &str,
+        parent_turn: Option<TurnId>,
+        event: impl FnOnce(ToolOutcome, u64) -> EventKind,
+    ) -> (Result<Value, RpcError>, TurnId) {
         let duration_ms = millis(started.elapsed());
         let (tool_outcome, reply, status) = match outcome {
             Ok(v) => (ToolOutcome::Ok, Ok(v), TurnStatus::Ok),
             Err(Stop::Denied(d)) => {
-                tracing::warn!(server = %server_name, tool = %tool_name, reason = d.code(), user = %ctx.principal.user, "tool call refused");
+                tracing::warn!(server = %server_name, target = %what, reason = d.code(), user = %ctx.principal.user, "{label} refused");
                 let err = RpcError::new(
                     denial_code(&d),
                     format!("{}; fix: {}", d.message(), d.fix()),
@@ -918,7 +930,7 @@ impl McpGateway {
                 message,
                 reason,
             }) => {
-                tracing::warn!(server = %server_name, tool = %tool_name, %reason, "tool call failed");
+                tracing::warn!(server = %server_name, target = %what, %reason, "{label} failed");
                 let err = RpcError::new(code, message).with_data(json!({"reason": reason}));
                 (
                     ToolOutcome::Failed {
@@ -929,15 +941,8 @@ impl McpGateway {
                 )
             }
         };
-        rec.push(EventKind::ToolCall {
-            server: server_name.clone(),
-            tool: tool_name.clone(),
-            arguments_sha256: args_hash,
-            result_sha256: result_hash,
-            outcome: tool_outcome.clone(),
-            duration_ms,
-            parent_turn: parent_turn.clone(),
-        });
+        let ok = matches!(tool_outcome, ToolOutcome::Ok);
+        rec.push(event(tool_outcome, duration_ms));
         rec.push(EventKind::TurnEnd {
             status,
             duration_ms,
@@ -951,16 +956,16 @@ impl McpGateway {
             events: rec.events,
         };
         if let Err(e) = self.audit.record_call(record).await {
-            tracing::error!(error = %e, server = %server_name, tool = %tool_name, "cannot record the tool call in the audit log; withholding the result");
+            tracing::error!(error = %e, server = %server_name, target = %what, "cannot record the {label} in the audit log; withholding the result");
             let err = RpcError::new(
                 codes::AUDIT_UNAVAILABLE,
-                "the tool call could not be recorded in the audit log, so its result is withheld; retry later",
+                format!("the {label} could not be recorded in the audit log, so its result is withheld; retry later"),
             )
             .with_data(json!({"reason": "audit_unavailable", "turn": turn.as_str()}));
             return (Err(err), turn);
         }
-        if matches!(tool_outcome, ToolOutcome::Ok) {
-            tracing::info!(server = %server_name, tool = %tool_name, duration_ms, turn = %turn, "tool call");
+        if ok {
+            tracing::info!(server = %server_name, target = %what, duration_ms, turn = %turn, "{label}");
         }
         let reply = match reply {
             Ok(mut v) => {
@@ -985,10 +990,73 @@ impl McpGateway {
         (reply, turn)
     }
 
+    /// A server's JSON-RPC error, passed on through the guardrail like any
+    /// output of the server.
+    pub(crate) fn upstream_error(
+        &self,
+        ctx: &CallContext<'_>,
+        rec: &mut Recorder<'_>,
+        server: &str,
+        what: &str,
+        e: &RpcError,
+    ) -> Stop {
+        let text = cut(&e.message, MAX_UPSTREAM_MESSAGE);
+        let checked = self.guard_stage(
+            ctx,
+            rec,
+            GuardStage::ToolResult,
+            server,
+            what,
+            Value::String(text),
+            |reason| Stop::Failed {
+                code: codes::GUARDRAIL_BLOCKED,
+                message: format!(
+                    "the guardrail blocked the tool server's error message ({reason})"
+                ),
+                reason: format!("guardrail: {reason}"),
+            },
+        );
+        match checked {
+            Ok(text) => Stop::Failed {
+                code: e.code,
+                message: format!(
+                    "the tool server '{server}' answered with an error: {}",
+                    text.as_str().unwrap_or("")
+                ),
+                reason: format!("upstream error {}", e.code),
+            },
+            Err(stop) => stop,
+        }
+    }
+
+    /// A server's result through the guardrail's output scan.
+    pub(crate) fn guard_result(
+        &self,
+        ctx: &CallContext<'_>,
+        rec: &mut Recorder<'_>,
+        server: &str,
+        what: &str,
+        result: Value,
+    ) -> Result<Value, Stop> {
+        self.guard_stage(
+            ctx,
+            rec,
+            GuardStage::ToolResult,
+            server,
+            what,
+            result,
+            |reason| Stop::Failed {
+                code: codes::GUARDRAIL_BLOCKED,
+                message: format!("the guardrail blocked the result ({reason})"),
+                reason: format!("guardrail: {reason}"),
+            },
+        )
+    }
+
     /// Runs the guardrail at one stage over `value` (as JSON text) and
     /// records the verdict; returns the value to continue with.
     #[allow(clippy::too_many_arguments)]
-    fn guard_stage(
+    pub(crate) fn guard_stage(
         &self,
         ctx: &CallContext<'_>,
         rec: &mut Recorder<'_>,
@@ -1033,7 +1101,7 @@ impl McpGateway {
     }
 }
 
-fn upstream_stop(server: &str, e: CallError) -> Stop {
+pub(crate) fn upstream_stop(server: &str, e: CallError) -> Stop {
     match e {
         CallError::Timeout(d) => Stop::Failed {
             code: codes::UPSTREAM_TIMEOUT,

@@ -19,8 +19,9 @@
 //!
 //! The principal comes from the request extensions, where the edge put it;
 //! without one the endpoint refuses (it must never run unauthenticated).
-//! A `tools/call` answer carries the call's audit turn in `X-Aibox-Turn` and
-//! in `result._meta["aibox/turn"]` (or `error.data.turn`).
+//! A `tools/call`, `resources/read` or `prompts/get` answer carries its
+//! audit turn in `X-Aibox-Turn` and in `result._meta["aibox/turn"]` (or
+//! `error.data.turn`).
 
 use std::sync::Arc;
 
@@ -452,6 +453,17 @@ async fn dispatch(
             let (reply, turn) = gw.call_tool(ctx, params).await;
             (reply, Some(turn))
         }
+        "resources/list" => (Ok(gw.list_resources(ctx.principal).await), None),
+        "resources/templates/list" => (Ok(gw.list_resource_templates(ctx.principal).await), None),
+        "resources/read" => {
+            let (reply, turn) = gw.read_resource(ctx, params).await;
+            (reply, Some(turn))
+        }
+        "prompts/list" => (Ok(gw.list_prompts(ctx.principal).await), None),
+        "prompts/get" => {
+            let (reply, turn) = gw.get_prompt(ctx, params).await;
+            (reply, Some(turn))
+        }
         "initialize" => (
             Err(RpcError::new(
                 codes::INVALID_REQUEST,
@@ -463,7 +475,7 @@ async fn dispatch(
             Err(RpcError::new(
                 codes::METHOD_NOT_FOUND,
                 format!(
-                    "method '{}' is not offered by the aibox MCP gateway (it serves tools only)",
+                    "method '{}' is not offered by the aibox MCP gateway (it serves tools, resources and prompts)",
                     crate::names::printable(other)
                 ),
             )),

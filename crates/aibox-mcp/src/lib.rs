@@ -17,7 +17,8 @@
 //!
 //! Layers:
 //! - pure: [`names`] (namespacing), [`policy`] (selectors, tool lists,
-//!   denials), [`origin`] (`Origin` validation), [`protocol`] (JSON-RPC and
+//!   denials), [`passthrough`] (resource URIs and the registry's
+//!   `resources` / `prompts` rules), [`origin`] (`Origin` validation), [`protocol`] (JSON-RPC and
 //!   MCP shapes, revision negotiation), [`registry`] (`servers.txt` and
 //!   `registry.json` validation; `load_dir` reads them), [`sse`];
 //! - seams to the rest of aibox: [`seams`] ([`ToolAudit`], [`ToolGuard`],
@@ -26,6 +27,7 @@
 //!   HTTP client; [`oauth`] discovers its authorization server after a
 //!   401), [`fs`] (the filesystem server, `cap-std`), [`fetch`] (the fetch
 //!   tool, through [`HttpEgress::fetch`]), [`gateway`] (the call pipeline),
+//!   [`access`] (resources and prompts through the same pipeline),
 //!   [`http`] (the axum endpoint), [`session`].
 //!
 //! The crate does not use the `rmcp` SDK. The gateway is a proxy that must
@@ -33,10 +35,11 @@
 //! before anything reaches a server, and pass tool schemas and results
 //! through byte-for-byte in meaning; rmcp's server handlers hide the HTTP
 //! request behind typed handlers and its typed models re-serialise results.
-//! The surface the gateway needs (initialize, ping, tools/list, tools/call,
-//! sessions, SSE answers) is small, and owning it keeps policy in one place
+//! The surface the gateway needs (initialize, ping, tools, resources and
+//! prompts, sessions, SSE answers) is small, and owning it keeps policy in one place
 //! and the dependency tree (and the request path) short.
 
+pub mod access;
 pub mod egress_proxy;
 pub mod fetch;
 pub mod fs;
@@ -45,6 +48,7 @@ pub mod http;
 pub mod names;
 pub mod oauth;
 pub mod origin;
+pub mod passthrough;
 pub mod policy;
 pub mod protocol;
 pub mod registry;

@@ -279,6 +279,36 @@ pub enum Denial {
         /// `scanner/rule`, or a description.
         reason: String,
     },
+    /// The resource URI is not `aibox://SERVER/URI`.
+    BadUri(String),
+    /// The registry's `resources` rules refuse the resource (or the server
+    /// exposes no resources).
+    ResourceNotAllowed {
+        /// The server.
+        server: String,
+        /// The server's own URI.
+        uri: String,
+        /// Which list.
+        verdict: ToolVerdict,
+    },
+    /// The registry's `prompts` rules refuse the prompt (or the server
+    /// exposes no prompts).
+    PromptNotAllowed {
+        /// The server.
+        server: String,
+        /// The prompt.
+        prompt: String,
+        /// Which list.
+        verdict: ToolVerdict,
+    },
+    /// The server did not announce resources (or prompts) when aibox
+    /// initialized it.
+    NotOffered {
+        /// The server.
+        server: String,
+        /// `resources` or `prompts`.
+        what: &'static str,
+    },
 }
 
 impl Denial {
@@ -295,19 +325,25 @@ impl Denial {
             Self::CapTokenOpNotGranted { .. } => "captoken_op_not_granted",
             Self::CapTokenWrongPrincipal => "captoken_wrong_principal",
             Self::GuardBlocked { .. } => "guardrail_blocked",
+            Self::BadUri(_) => "bad_resource_uri",
+            Self::ResourceNotAllowed { .. } => "resource_not_allowed",
+            Self::PromptNotAllowed { .. } => "prompt_not_allowed",
+            Self::NotOffered { .. } => "not_offered",
         }
     }
 
     /// What happened, safe to show the caller.
     pub fn message(&self) -> String {
         match self {
-            Self::BadName(n) => format!("'{n}' is not a tool name of this gateway (SERVER__TOOL)"),
+            Self::BadName(n) => {
+                format!("'{n}' is not a tool or prompt name of this gateway (SERVER__NAME)")
+            }
             Self::UnknownServer(s) => format!("unknown tool server '{s}'"),
             Self::UnknownTool { server, tool } => {
                 format!("unknown tool '{tool}' on server '{server}'")
             }
             Self::ClientNotAllowed { server } => {
-                format!("you are not allowed to use the tools of server '{server}'")
+                format!("you are not allowed to use server '{server}'")
             }
             Self::ToolNotAllowed { server, tool, .. } => {
                 format!("tool '{tool}' of server '{server}' is not enabled for clients")
@@ -323,7 +359,19 @@ impl Denial {
                 "the CapToken was minted for another tenant or user".to_owned()
             }
             Self::GuardBlocked { reason } => {
-                format!("the guardrail blocked the tool arguments ({reason})")
+                format!("the guardrail blocked the arguments ({reason})")
+            }
+            Self::BadUri(u) => {
+                format!("'{u}' is not a resource URI of this gateway (aibox://SERVER/URI)")
+            }
+            Self::ResourceNotAllowed { server, uri, .. } => {
+                format!("resource '{uri}' of server '{server}' is not enabled for clients")
+            }
+            Self::PromptNotAllowed { server, prompt, .. } => {
+                format!("prompt '{prompt}' of server '{server}' is not enabled for clients")
+            }
+            Self::NotOffered { server, what } => {
+                format!("server '{server}' offers no {what}")
             }
         }
     }
@@ -331,8 +379,11 @@ impl Denial {
     /// What the caller or the operator can do about it.
     pub fn fix(&self) -> &'static str {
         match self {
-            Self::BadName(_) | Self::UnknownServer(_) | Self::UnknownTool { .. } => {
-                "call tools/list and use one of the names it returns"
+            Self::BadName(_) | Self::UnknownTool { .. } => {
+                "call tools/list (or prompts/list) and use one of the names it returns"
+            }
+            Self::UnknownServer(_) => {
+                "call tools/list, resources/list or prompts/list and use one of the names or URIs it returns"
             }
             Self::ClientNotAllowed { .. } => {
                 "ask an operator to add a selector for you to the server's allow_clients in data/mcp/registry.json"
@@ -354,6 +405,16 @@ impl Denial {
             }
             Self::GuardBlocked { .. } => {
                 "remove the flagged content from the arguments, or ask an operator about the guardrail profile"
+            }
+            Self::BadUri(_) => "call resources/list and use one of the URIs it returns",
+            Self::ResourceNotAllowed { .. } => {
+                "ask an operator to change the server's resources.allow / resources.deny in data/mcp/registry.json (no \"resources\" key exposes none)"
+            }
+            Self::PromptNotAllowed { .. } => {
+                "ask an operator to change the server's prompts.allow / prompts.deny in data/mcp/registry.json (no \"prompts\" key exposes none)"
+            }
+            Self::NotOffered { .. } => {
+                "call resources/list or prompts/list to see what the servers offer"
             }
         }
     }

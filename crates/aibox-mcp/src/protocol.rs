@@ -1,8 +1,9 @@
 //! The JSON-RPC 2.0 and MCP pieces the gateway speaks (pure).
 //!
 //! The gateway needs only a small part of MCP: `initialize`,
-//! `notifications/initialized`, `ping`, `tools/list` and `tools/call`, on
-//! both sides (as a server to clients, as a client to upstream servers).
+//! `notifications/initialized`, `ping`, `tools/list`, `tools/call`, and the
+//! resource and prompt methods it passes through, on both sides (as a
+//! server to clients, as a client to upstream servers).
 //! Messages stay `serde_json::Value`s so that tool schemas and results pass
 //! through unchanged, whatever fields newer revisions add.
 
@@ -224,7 +225,11 @@ pub fn client_initialize_params(version: &str) -> Value {
 pub fn server_initialize_result(version: &str) -> Value {
     json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}},
+        "capabilities": {
+            "tools": {"listChanged": false},
+            "resources": {"subscribe": false, "listChanged": false},
+            "prompts": {"listChanged": false},
+        },
         "serverInfo": {"name": "aibox", "version": env!("CARGO_PKG_VERSION")},
         "instructions": "Tools of several MCP servers behind the aibox gateway, named SERVER__TOOL. \
     Calls need the turn's CapToken in params._meta[\"aibox/captoken\"] unless the operator turned that off.",

@@ -17,7 +17,9 @@
 //!     "sandbox": {"mode": "require", "read": ["/srv/tools"], "write": ["/srv/tools/cache"], "network": "proxy"},
 //!     "timeout_ms": 30000,
 //!     "allow_clients": ["tenant:acme&role:tools"],
-//!     "tools": {"allow": ["search", "read_*"], "deny": ["delete_*"]}
+//!     "tools": {"allow": ["search", "read_*"], "deny": ["delete_*"]},
+//!     "resources": {"allow": ["notes://*"], "deny": ["notes://private/*"]},
+//!     "prompts": {"deny": ["debug_*"]}
 //!   },
 //!   "remote": {"transport": "http", "url": "https://tools.example.com/mcp", "allow_clients": ["*"]},
 //!   "filesystem": {"transport": "builtin", "allow_clients": []},
@@ -42,6 +44,7 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 
 use crate::names::{self, Namespace};
+use crate::passthrough::{self, ExtraRules, ResourceRules};
 use crate::policy::{ClientSelector, ToolPattern, ToolRules};
 
 /// The enabled-servers file, relative to the MCP directory.
@@ -94,6 +97,8 @@ pub struct ServerSpec {
     pub allow_clients: Vec<ClientSelector>,
     /// Which of its tools are exposed.
     pub tools: ToolRules,
+    /// Which of its resources and prompts are exposed (none by default).
+    pub extras: ExtraRules,
 }
 
 /// How a server is reached.
@@ -235,6 +240,8 @@ struct RawServer {
     timeout_ms: Option<u64>,
     allow_clients: Option<Vec<String>>,
     tools: Option<RawTools>,
+    resources: Option<RawTools>,
+    prompts: Option<RawTools>,
 }
 
 #[derive(Deserialize)]
@@ -647,12 +654,47 @@ fn validate_server(name: &str, r: RawServer, file: &str) -> Result<ServerSpec, R
             ToolRules { allow, deny }
         }
     };
+    let resources = r
+        .resources
+        .map(|t| {
+            let allow = t
+                .allow
+                .as_deref()
+                .map(passthrough::uri_patterns)
+                .transpose()
+                .map_err(|e| err(format!("resources.allow: {e}"), "fix the pattern".into()))?;
+            let deny = passthrough::uri_patterns(&t.deny)
+                .map_err(|e| err(format!("resources.deny: {e}"), "fix the pattern".into()))?;
+            Ok::<_, RegistryError>(ResourceRules { allow, deny })
+        })
+        .transpose()?;
+    let prompts = r
+        .prompts
+        .map(|t| {
+            let allow = t
+                .allow
+                .as_deref()
+                .map(passthrough::prompt_patterns)
+                .transpose()
+                .map_err(|e| err(format!("prompts.allow: {e}"), "fix the pattern".into()))?;
+            let deny = passthrough::prompt_patterns(&t.deny)
+                .map_err(|e| err(format!("prompts.deny: {e}"), "fix the pattern".into()))?;
+            Ok::<_, RegistryError>(ToolRules { allow, deny })
+        })
+        .transpose()?;
+    if (resources.is_some() || prompts.is_some()) && matches!(transport, Transport::Builtin(_)) {
+        return Err(err(
+            "the built-in servers have no resources or prompts".into(),
+            "remove \"resources\" and \"prompts\"".into(),
+        ));
+    }
     Ok(ServerSpec {
         name: name.to_owned(),
         transport,
         timeout,
         allow_clients,
         tools,
+        extras: ExtraRules { resources, prompts },
     })
 }
 
@@ -700,7 +742,9 @@ mod tests {
                   "cwd": "/srv", "limits": {"cpu_secs": 10, "memory_mb": 512},
                   "sandbox": {"mode": "best_effort", "read": ["/srv"]},
                   "timeout_ms": 5000, "allow_clients": ["tenant:acme&role:tools", "user:acme/bob"],
-                  "tools": {"allow": ["echo", "read_*"], "deny": ["read_secret"]}},
+                  "tools": {"allow": ["echo", "read_*"], "deny": ["read_secret"]},
+                  "resources": {"allow": ["notes://*"], "deny": ["notes://private/*"]},
+                  "prompts": {}},
         "remote": {"transport": "http", "url": "https://tools.example.com/mcp", "allow_clients": ["*"]},
         "filesystem": {"transport": "builtin", "allow_clients": []},
         "spare": {"transport": "stdio", "command": "npx"}
@@ -732,6 +776,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Resources and prompts are exposed only where the registry says so.
+        use crate::policy::ToolVerdict;
+        assert_eq!(local.extras.resource("notes://1"), ToolVerdict::Allowed);
+        assert_eq!(
+            local.extras.resource("notes://private/1"),
+            ToolVerdict::Denied
+        );
+        assert_eq!(
+            local.extras.resource("file:///etc/passwd"),
+            ToolVerdict::NotAllowed
+        );
+        assert_eq!(local.extras.prompt("anything"), ToolVerdict::Allowed);
+        let remote = r.get("remote").unwrap();
+        assert_eq!(remote.extras.resource("notes://1"), ToolVerdict::NotAllowed);
+        assert_eq!(remote.extras.prompt("anything"), ToolVerdict::NotAllowed);
         // Missing allow_clients and allow_clients: [] both admit nobody.
         assert!(r.get("filesystem").unwrap().allow_clients.is_empty());
         assert!(r.get("spare").is_none());
@@ -785,6 +844,11 @@ mod tests {
             ("s\n", stdio(r#", "tools": {"allow": ["a.b"]}"#), vec!["tools.allow", "a.b"]),
             ("s\n", stdio(r#", "tools": {"allow": ["Read", "read"]}"#), vec!["collision"]),
             ("s\n", stdio(r#", "tools": {"allow": ["x"], "block": []}"#), vec!["unknown field `block`"]),
+            ("s\n", stdio(r#", "resources": {"allow": ["notes:// x"]}"#), vec!["resources.allow", "notes:// x"]),
+            ("s\n", stdio(r#", "resources": {"deny": [""]}"#), vec!["resources.deny"]),
+            ("s\n", stdio(r#", "resources": {"read": []}"#), vec!["unknown field `read`"]),
+            ("s\n", stdio(r#", "prompts": {"allow": ["a b"]}"#), vec!["prompts.allow", "a b"]),
+            ("filesystem\n", r#"{"servers": {"filesystem": {"transport": "builtin", "prompts": {}}}}"#.into(), vec!["built-in servers have no resources or prompts"]),
             ("s\n", r#"{"servers": {"s": {"transport": "stdio"}}}"#.into(), vec!["needs a 'command'"]),
             ("s\n", r#"{"servers": {"s": {"transport": "stdio", "command": "bin/x"}}}"#.into(), vec!["relative path"]),
             ("s\n", r#"{"servers": {"s": {"transport": "ws", "command": "/x"}}}"#.into(), vec!["unknown variant `ws`"]),

@@ -28,8 +28,8 @@ use crate::protocol::{self, Message, RpcError};
 use crate::seams::{BoxFuture, HttpEgress};
 use crate::sse::SseParser;
 use crate::upstream::{
-    CallError, HealthState, MAX_MESSAGE_BYTES, ServerHealth, ToolInfo, Upstream, accept_tools,
-    tools_page,
+    CallError, HealthState, MAX_MESSAGE_BYTES, Offers, ServerHealth, ToolInfo, Upstream,
+    accept_tools, tools_page,
 };
 
 /// How long a remote server's tool list is reused.
@@ -45,6 +45,7 @@ pub const CLIENT_SPAN_TARGET: &str = "aibox_mcp::client";
 struct Session {
     id: Option<String>,
     version: String,
+    offers: Offers,
 }
 
 #[derive(Debug, Default)]
@@ -291,6 +292,7 @@ impl RemoteServer {
         let session = Session {
             id: session_id,
             version: version.to_owned(),
+            offers: Offers::from_initialize(&result),
         };
         self.post(
             &protocol::notification("notifications/initialized", None),
@@ -302,19 +304,22 @@ impl RemoteServer {
         Ok(session)
     }
 
+    /// The current session, initializing one when there is none.
+    async fn session(&self) -> Result<Session, CallError> {
+        let mut guard = self.session.lock().await;
+        match guard.as_ref() {
+            Some(s) => Ok(s.clone()),
+            None => {
+                let s = self.initialize().await?;
+                *guard = Some(s.clone());
+                Ok(s)
+            }
+        }
+    }
+
     async fn request(&self, method: &str, params: Value) -> Result<Value, CallError> {
         for attempt in 0..2 {
-            let session = {
-                let mut guard = self.session.lock().await;
-                match guard.as_ref() {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = self.initialize().await?;
-                        *guard = Some(s.clone());
-                        s
-                    }
-                }
-            };
+            let session = self.session().await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let msg = protocol::request(id, method, params.clone());
             match self.post(&msg, Some(&session), Some(id)).await {
@@ -434,6 +439,31 @@ impl Upstream for RemoteServer {
         })
     }
 
+    fn offers(&self) -> BoxFuture<'_, Result<Offers, CallError>> {
+        Box::pin(async move {
+            let r = tokio::time::timeout(LIST_TIMEOUT, self.session())
+                .await
+                .unwrap_or(Err(CallError::Timeout(LIST_TIMEOUT)));
+            self.note(&r.as_ref().map(|_| Value::Null).map_err(Clone::clone));
+            Ok(r?.offers)
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        params: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async move {
+            let r = tokio::time::timeout(timeout, RemoteServer::request(self, method, params))
+                .await
+                .unwrap_or(Err(CallError::Timeout(timeout)));
+            self.note(&r);
+            r
+        })
+    }
+
     fn health(&self) -> ServerHealth {
         let tools = self
             .tools
@@ -473,6 +503,7 @@ impl Upstream for RemoteServer {
             if let Some(Session {
                 id: Some(id),
                 version,
+                ..
             }) = session
                 && self.egress.check(&self.url).is_ok()
             {

@@ -48,8 +48,8 @@ use crate::protocol::{self, Message, RpcError, codes};
 use crate::registry::{Limits, StdioSpec};
 use crate::seams::{BoxFuture, HttpEgress, SandboxRecord, SecretSource, ToolAudit};
 use crate::upstream::{
-    CallError, HealthState, MAX_MESSAGE_BYTES, ServerHealth, ToolInfo, Upstream, accept_tools,
-    tools_page,
+    CallError, HealthState, MAX_MESSAGE_BYTES, Offers, ServerHealth, ToolInfo, Upstream,
+    accept_tools, tools_page,
 };
 
 /// The only `PATH` a tool process gets unless the registry sets one.
@@ -92,6 +92,8 @@ struct Conn {
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>>>>,
     next_id: AtomicU64,
     alive: AtomicBool,
+    /// What the process announced in its `initialize` answer.
+    offers: std::sync::OnceLock<Offers>,
 }
 
 impl Conn {
@@ -101,6 +103,7 @@ impl Conn {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
+            offers: std::sync::OnceLock::new(),
         }
     }
 
@@ -683,6 +686,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
                     crate::names::printable(version)
                 ));
             }
+            let _ = conn.offers.set(Offers::from_initialize(&init));
             conn.send(&protocol::notification("notifications/initialized", None))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -960,20 +964,36 @@ impl Upstream for StdioServer {
         arguments: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
+        self.request(
+            "tools/call",
+            json!({"name": tool, "arguments": arguments}),
+            timeout,
+        )
+    }
+
+    fn offers(&self) -> BoxFuture<'_, Result<Offers, CallError>> {
+        Box::pin(async move {
+            let conn = self.live_conn(self.inner.startup_wait).await?;
+            Ok(conn.offers.get().copied().unwrap_or_default())
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        params: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
         Box::pin(async move {
             let started = tokio::time::Instant::now();
             let conn = self.live_conn(self.inner.startup_wait.min(timeout)).await?;
             let left = timeout.saturating_sub(started.elapsed());
-            conn.request(
-                "tools/call",
-                json!({"name": tool, "arguments": arguments}),
-                left,
-            )
-            .await
-            .map_err(|e| match e {
-                CallError::Timeout(_) => CallError::Timeout(timeout),
-                other => other,
-            })
+            conn.request(method, params, left)
+                .await
+                .map_err(|e| match e {
+                    CallError::Timeout(_) => CallError::Timeout(timeout),
+                    other => other,
+                })
         })
     }
 

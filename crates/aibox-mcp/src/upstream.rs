@@ -98,6 +98,28 @@ impl ServerHealth {
     }
 }
 
+/// What a server offers besides tools, as its `initialize` answer
+/// announced (`capabilities.resources`, `capabilities.prompts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offers {
+    /// `resources/list`, `resources/templates/list`, `resources/read`.
+    pub resources: bool,
+    /// `prompts/list`, `prompts/get`.
+    pub prompts: bool,
+}
+
+impl Offers {
+    /// Reads the capabilities of an `initialize` result.
+    pub fn from_initialize(result: &Value) -> Self {
+        let caps = result.get("capabilities");
+        let has = |k: &str| caps.and_then(|c| c.get(k)).is_some_and(Value::is_object);
+        Self {
+            resources: has("resources"),
+            prompts: has("prompts"),
+        }
+    }
+}
+
 /// A tool server.
 pub trait Upstream: Send + Sync {
     /// Its tools (cached; refreshed as the transport allows).
@@ -109,6 +131,26 @@ pub trait Upstream: Send + Sync {
         arguments: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>>;
+    /// What it offers besides tools (nothing, for the built-in servers).
+    fn offers(&self) -> BoxFuture<'_, Result<Offers, CallError>> {
+        Box::pin(async { Ok(Offers::default()) })
+    }
+    /// Sends one other request (`resources/*`, `prompts/*`) with a
+    /// deadline; the result as the server sent it. Transports without a
+    /// protocol of their own (the built-in servers) have none.
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        _params: Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async move {
+            Err(CallError::Rpc(RpcError::new(
+                crate::protocol::codes::METHOD_NOT_FOUND,
+                format!("this server does not serve {method}"),
+            )))
+        })
+    }
     /// Its health.
     fn health(&self) -> ServerHealth;
     /// Stops it (kills processes); later calls fail.
@@ -194,6 +236,30 @@ mod tests {
             .map(|t| t.name)
             .collect();
         assert_eq!(got, ["echo", "add"]);
+    }
+
+    #[test]
+    fn offers_follow_the_announced_capabilities() {
+        let o = Offers::from_initialize(
+            &json!({"capabilities": {"tools": {}, "prompts": {"listChanged": false}}}),
+        );
+        assert_eq!(
+            o,
+            Offers {
+                resources: false,
+                prompts: true
+            }
+        );
+        let o =
+            Offers::from_initialize(&json!({"capabilities": {"resources": {}, "prompts": null}}));
+        assert_eq!(
+            o,
+            Offers {
+                resources: true,
+                prompts: false
+            }
+        );
+        assert_eq!(Offers::from_initialize(&json!({})), Offers::default());
     }
 
     #[test]

@@ -9,6 +9,7 @@ of the transport is exercised for real.
 Tools: weather(city), upper(text), calls() (how many tool calls it served),
 trace_headers() (the `traceparent` and `tracestate` of the HTTP request
 that carried this call, for the trace-context test).
+Resource `weather://today`; prompt `forecast(city)`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def trace_headers(ctx: Context) -> str:
     request = ctx.request_context.request
     headers = request.headers if request is not None else {}
     return f"{headers.get('traceparent', '')}|{headers.get('tracestate', '')}"
+
+
+@mcp.resource("weather://today")
+def today() -> str:
+    """Today's weather."""
+    return "sunny everywhere"
+
+
+@mcp.prompt()
+def forecast(city: str) -> str:
+    """A forecast prompt."""
+    return f"Give the forecast for {city}."
 
 
 async def main() -> None:
