@@ -210,9 +210,8 @@ use tokio::sync::oneshot;
 pub use error::{AuditLogError, ReceiptError};
 pub use format::{
     BUNDLE_FORMAT, Bundle, BundleCheckpoint, BundleEnvelope, BundleRow, ConsistencyProof,
-    GENESIS_ROW_HASH, LogPage, PageRow, PublicKeyRecord, RECEIPT_FORMAT, Receipt,
-    SignatureCheck, TurnRecord,
-    VerifyReport, key_fingerprint, row_hash,
+    GENESIS_ROW_HASH, LogPage, PageRow, PublicKeyRecord, RECEIPT_FORMAT, Receipt, SignatureCheck,
+    TurnRecord, VerifyReport, key_fingerprint, row_hash,
 };
 pub use verify::{
     VerifiedReceipt, verify_bundle, verify_bundle_with, verify_consistency, verify_receipt,

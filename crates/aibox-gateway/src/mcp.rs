@@ -215,6 +215,17 @@ pub struct McpPrepared {
     secrets: EnvSecrets,
     owner: (TenantId, aibox_core::UserId),
     egress: aibox_egress::EgressPolicy,
+    redis_url: Option<Secret>,
+}
+
+impl McpPrepared {
+    /// The Redis that replicas share single-use CapToken ids through
+    /// (`redis_url`); without one, they are kept per process.
+    #[must_use]
+    pub fn with_redis(mut self, redis_url: Option<Secret>) -> Self {
+        self.redis_url = redis_url;
+        self
+    }
 }
 
 /// Reads the MCP settings (`AIBOX_MCP_*`, `FILESYSTEM_ROOT`) and the
@@ -238,6 +249,7 @@ where
         secrets: EnvSecrets::from_env(&env),
         owner: secrets_owner(&env)?,
         egress: egress.clone(),
+        redis_url: None,
     })
 }
 
@@ -249,13 +261,12 @@ pub async fn start(
     store: aibox_store::Store,
     guardrail: Arc<crate::guard::GuardrailHandle>,
     route_audiences: Vec<String>,
-    redis_url: Option<&Secret>,
     metrics: Arc<crate::Metrics>,
 ) -> Result<Arc<McpGateway>, McpError> {
     // Replicas share used CapToken ids through Redis, so a single-use token
     // spent on one replica is refused on all of them; checked now, so a
     // wrong address fails start-up rather than every tool call.
-    let replay = match (prepared.settings.captoken_single_use, redis_url) {
+    let replay = match (prepared.settings.captoken_single_use, &prepared.redis_url) {
         (true, Some(url)) => Some(AnyReplayGuard::Redis(
             RedisReplayGuard::connect(url, aibox_identity::replay::DEFAULT_REDIS_PREFIX)
                 .await

@@ -58,7 +58,7 @@ pub async fn verify(
     let tenant = TenantId::new(tenant).context("--tenant")?;
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = move |done: u64, total: u64| {
-        if interactive && total > 0 && (done == total || done % 65_536 == 0) {
+        if interactive && total > 0 && (done == total || done.is_multiple_of(65_536)) {
             let pct = done.saturating_mul(100) / total;
             eprint!("\rverifying {done}/{total} rows ({pct}%)");
             if done == total {

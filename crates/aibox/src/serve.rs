@@ -96,7 +96,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_default(),
     );
-    let mcp = aibox_gateway::mcp::prepare(&cfg.server.data_dir, &cfg.egress.policy, &env)?;
+    let mcp = aibox_gateway::mcp::prepare(&cfg.server.data_dir, &cfg.egress.policy, &env)?
+        .with_redis(cfg.redis_url.clone());
     let constitution = env
         .get(aibox_config::env::AIBOX_CONSTITUTION)
         .map(std::path::PathBuf::from)
@@ -347,7 +348,6 @@ async fn serve(
         store.clone(),
         guardrail.clone(),
         cfg.routes.iter().map(|r| r.audience.clone()).collect(),
-        cfg.redis_url.as_ref(),
         metrics.clone(),
     )
     .await?;
