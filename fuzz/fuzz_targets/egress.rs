@@ -68,7 +68,10 @@ fuzz_target!(|data: &[u8]| {
         let verdict = classify(IpAddr::V6(v6));
         if verdict.is_none() {
             for (_, v4) in embedded_ipv4(v6) {
-                assert!(classify_v4(v4).is_none(), "{v6} passes although it carries {v4}");
+                assert!(
+                    classify_v4(v4).is_none(),
+                    "{v6} passes although it carries {v4}"
+                );
             }
         }
     }
@@ -81,13 +84,22 @@ fuzz_target!(|data: &[u8]| {
     {
         match &checked.host {
             CheckedHost::Ip(ip) => {
-                assert!(classify(*ip).is_none(), "{url} passed with a blocked address")
+                assert!(
+                    classify(*ip).is_none(),
+                    "{url} passed with a blocked address"
+                )
             }
             CheckedHost::Name { name, .. } => {
-                assert!(classify_name(name).is_none(), "{url} passed with a blocked name");
+                assert!(
+                    classify_name(name).is_none(),
+                    "{url} passed with a blocked name"
+                );
                 // A name that is an address in disguise must have been read
                 // as one by the URL parser.
-                assert!(name.parse::<IpAddr>().is_err(), "{url} kept an address as a name");
+                assert!(
+                    name.parse::<IpAddr>().is_err(),
+                    "{url} kept an address as a name"
+                );
             }
         }
         assert!(checked.url.fragment().is_none());

@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     ][usize::from(mode / 3 % 4)];
     let v = g.scan_as("acme", profile, stage, text);
     for f in &v.findings {
-        assert!(f.start <= f.end && f.end <= text.len(), "finding out of bounds");
+        assert!(
+            f.start <= f.end && f.end <= text.len(),
+            "finding out of bounds"
+        );
         assert!(
             text.is_char_boundary(f.start) && text.is_char_boundary(f.end),
             "finding inside a character"
@@ -66,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
         let mut vault = TurnVault::new();
         let redacted = vault.redact(text, &v);
         if !text.contains('[') {
-            assert_eq!(vault.restore(&redacted), text, "restore does not undo redact");
+            assert_eq!(
+                vault.restore(&redacted),
+                text,
+                "restore does not undo redact"
+            );
         }
     }
 

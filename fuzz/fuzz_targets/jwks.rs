@@ -106,7 +106,10 @@ fuzz_target!(|data: &[u8]| {
                 k.common.key_id.as_deref() == Some(kid)
                     && matches!(&k.algorithm, AlgorithmParameters::OctetKeyPair(p) if p.x == f.public_x)
             });
-            assert!(holds, "a token validated against a JWKS without its key (kid {kid:?})");
+            assert!(
+                holds,
+                "a token validated against a JWKS without its key (kid {kid:?})"
+            );
         }
     }
 });

@@ -59,11 +59,9 @@ fn fixture() -> &'static Fixture {
         let mut settings = OidcSettings::new(ISSUER);
         settings.audiences = vec![AUDIENCE.into()];
         settings.algorithms.push(Algorithm::EdDSA);
-        let oidc = OidcValidator::with_source(
-            settings,
-            StaticJwksSource::new(JwkSet { keys: vec![jwk] }),
-        )
-        .expect("validator");
+        let oidc =
+            OidcValidator::with_source(settings, StaticJwksSource::new(JwkSet { keys: vec![jwk] }))
+                .expect("validator");
         let secret = vec![42u8; 32];
         let keyring =
             Keyring::from_entries(vec![KeyEntry::new("k1", secret.clone()).expect("entry")])
@@ -116,7 +114,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = validate(&token);
             let _ = f.principal.verify(&token, "downstream", now);
             let _ = f.captoken.verify(&token, None, "tools/call", now);
-            let _ = f.captoken.verify(&token, None, "tools/call", SystemTime::now());
+            let _ = f
+                .captoken
+                .verify(&token, None, "tools/call", SystemTime::now());
         }
         1 => {
             let header = br#"{"alg":"EdDSA","kid":"ed-1","typ":"JWT"}"#;
@@ -144,7 +144,9 @@ fuzz_target!(|data: &[u8]| {
             let token = sign(header, rest, &f.hmac, Algorithm::HS256);
             for result in [
                 f.principal.verify(&token, "downstream", now).map(|_| ()),
-                f.captoken.verify(&token, None, "tools/call", now).map(|_| ()),
+                f.captoken
+                    .verify(&token, None, "tools/call", now)
+                    .map(|_| ()),
             ] {
                 if let Err(e) = result {
                     assert!(

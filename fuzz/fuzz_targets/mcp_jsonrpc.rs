@@ -169,7 +169,11 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(m) = classify(item)
                 && let Some(again) = rebuilt(&m)
             {
-                assert_eq!(classify(again).ok(), Some(m), "a message does not round-trip");
+                assert_eq!(
+                    classify(again).ok(),
+                    Some(m),
+                    "a message does not round-trip"
+                );
             }
         }
     }

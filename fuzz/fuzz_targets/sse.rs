@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
         out_split.extend_from_slice(&split.push(p));
     }
     out_split.extend_from_slice(&split.finish());
-    assert_eq!(out_whole, out_split, "the filtered stream depends on chunking");
+    assert_eq!(
+        out_whole, out_split,
+        "the filtered stream depends on chunking"
+    );
     assert!(out_whole.len() <= stream.len(), "the filter added bytes");
 
     let mut whole = SseParser::new(4096);
