@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
             tenant: TenantId::new("acme").expect("tenant"),
             turn: turn.clone(),
             request_id: None,
-            at_ms: u64::try_from(body.len() * 7 + i).unwrap_or(0),
+            at_ms: i64::try_from(body.len() * 7 + i).unwrap_or(0),
             kind: EventKind::TurnEnd {
                 status: if i == 0 {
                     TurnStatus::Error {
