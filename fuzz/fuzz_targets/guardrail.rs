@@ -38,7 +38,18 @@ fuzz_target!(|data: &[u8]| {
         assert!(o >= last, "offsets go backwards at {pos}");
         last = o;
     }
-    for (start, end) in [(0, n.text.len()), (n.text.len() / 3, n.text.len() / 2)] {
+    // Spans of the folded text start and end on its character boundaries
+    // (they come from matches on it).
+    let floor = |mut i: usize| {
+        while !n.text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    for (start, end) in [
+        (0, n.text.len()),
+        (floor(n.text.len() / 3), floor(n.text.len() / 2)),
+    ] {
         let (s, e) = n.original_span(text, start, end);
         assert!(s <= e && e <= text.len());
         assert!(text.is_char_boundary(s) && text.is_char_boundary(e));
