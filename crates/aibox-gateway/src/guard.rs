@@ -1027,6 +1027,87 @@ impl StreamGuard {
     }
 }
 
+/// What [`screen_exchange`] did with one exchange.
+#[derive(Debug)]
+pub struct Screened {
+    /// The request body as it would be forwarded (texts redacted).
+    pub forwarded: Map<String, Value>,
+    /// The complete answer as it would be released, or the refusal.
+    pub answer: Result<Bytes, ApiError>,
+    /// The streamed answer as it would be released, event by event, and
+    /// the refusal that ended it, if one did.
+    pub stream: (Vec<u8>, Option<Refusal>),
+}
+
+/// Runs one exchange through the request-side checks and the guard the way
+/// a turn does, without routing, audit or critique: the body is inspected
+/// ([`aibox_router::Router::inspect`]) and its texts scanned and redacted,
+/// then `answer` is screened as a complete upstream answer and
+/// `stream_events` (each one SSE event without its blank line) as a
+/// streamed one, both with the request's placeholders.
+///
+/// This is the entry point of the fuzz target `openai_body` (see `fuzz/`),
+/// which needs the gateway's own parsing of bodies without an HTTP server;
+/// the API handlers call the steps directly, interleaved with routing.
+pub fn screen_exchange(
+    guardrail: Arc<Guardrail>,
+    tenant: &str,
+    endpoint: Endpoint,
+    request: &[u8],
+    answer: &[u8],
+    stream_events: &[&[u8]],
+) -> Result<Screened, ApiError> {
+    let (mut map, _info) = aibox_router::Router::inspect(endpoint, request)?;
+    let _ = last_user_text(endpoint, &map);
+    // A turn is streamed or not; scanning a copy gives the stream its own
+    // vault with the same placeholders (scanning is deterministic).
+    let mut copy = map.clone();
+    let mut vault = scan_input(&guardrail, tenant, endpoint, &mut map)
+        .map_err(|b| b.error)?
+        .vault;
+    let stream_vault = scan_input(&guardrail, tenant, endpoint, &mut copy)
+        .map_err(|b| b.error)?
+        .vault;
+    let answer = scan_output(
+        &guardrail,
+        tenant,
+        endpoint,
+        Bytes::copy_from_slice(answer),
+        &mut vault,
+    )
+    .map(|(body, _)| body)
+    .map_err(|b| b.error);
+    if let Ok(body) = &answer
+        && let Some(text) = answer_text(endpoint, body)
+    {
+        let _ = replace_answer(endpoint, body, &text);
+    }
+    let events: SharedEvents = Arc::default();
+    let mut guard = StreamGuard::new(guardrail, tenant, endpoint, stream_vault, events);
+    let mut out = Vec::new();
+    let mut refused = None;
+    for event in stream_events {
+        match EventRewriter::event(&mut guard, event) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(r) => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    if refused.is_none() {
+        match EventRewriter::flush(&mut guard) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(r) => refused = Some(r),
+        }
+    }
+    Ok(Screened {
+        forwarded: map,
+        answer,
+        stream: (out, refused),
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

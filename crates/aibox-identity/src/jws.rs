@@ -89,9 +89,12 @@ pub(crate) struct RawHeader<'a> {
 }
 
 /// Decodes and parses a header part. Duplicate fields are refused by serde,
-/// so a header cannot say two different things about `alg` or `kid`.
+/// so a header cannot say two different things about `alg` or `kid`. The
+/// whole header must be UTF-8 (RFC 7515 section 5.2), not only the members
+/// aibox reads: serde skips ignored members without checking their bytes.
 pub(crate) fn parse_header<'a>(decoded: &'a [u8]) -> Option<RawHeader<'a>> {
-    let h: RawHeader<'a> = serde_json::from_slice(decoded).ok()?;
+    let text = std::str::from_utf8(decoded).ok()?;
+    let h: RawHeader<'a> = serde_json::from_str(text).ok()?;
     if h.crit.is_some() {
         return None;
     }
@@ -142,6 +145,18 @@ pub(crate) fn printable(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue9_fuzz_header_with_invalid_utf8_in_an_ignored_member_is_refused() {
+        // Found by the `jwt` fuzz target: `typ` held the bytes D2 D2 ..., which
+        // serde skipped unchecked, so the header parsed.
+        let mut header = br#"{"alg": "EdDSA", "kid": "ed-1", "typ": ""#.to_vec();
+        header.extend_from_slice(&[0xD2; 8]);
+        header.extend_from_slice(br#"JWT"}"#);
+        assert!(parse_header(&header).is_none());
+        let fixed = br#"{"alg": "EdDSA", "kid": "ed-1", "typ": "JWT"}"#;
+        assert!(parse_header(fixed).is_some_and(|h| h.alg.as_deref() == Some("EdDSA")));
+    }
 
     #[test]
     fn split_accepts_three_parts_only() {

@@ -541,3 +541,27 @@ async fn read_body(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue9_fuzz_forwarded_numbers_round_trip() {
+        // Found by the `openai_body` fuzz target: without correctly rounded
+        // parsing this literal became 8.88888888888889e83, which serialises
+        // to a text that parses as 8.888888888888891e83, so the upstream got
+        // another number than the one aibox had read.
+        let body = format!(
+            r#"{{"model": "m", "prompt": ["x"], "max_to!ens": {}5}}"#,
+            "8".repeat(83)
+        );
+        let (map, info) = Router::inspect(Endpoint::Completions, body.as_bytes()).unwrap();
+        assert_eq!(info.model, "m");
+        let forwarded = serde_json::to_vec(&map).unwrap();
+        let back: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&forwarded).unwrap();
+        assert_eq!(back, map);
+    }
+}

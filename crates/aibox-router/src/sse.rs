@@ -103,7 +103,11 @@ pub fn parse_usage(json: &[u8]) -> Option<Usage> {
     Some(Usage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
-        total_tokens: u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
+        // The counts come from the upstream: two near u64::MAX must not
+        // overflow (a panic in debug builds, a wrapped total in release).
+        total_tokens: u
+            .total_tokens
+            .max(u.prompt_tokens.saturating_add(u.completion_tokens)),
     })
 }
 
@@ -580,6 +584,23 @@ use sha2::{Digest as _, Sha256};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue9_fuzz_usage_counts_near_u64_max_do_not_overflow() {
+        let max = u64::MAX;
+        let chunk = format!(r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":1}}}}"#);
+        assert_eq!(
+            parse_usage(chunk.as_bytes()),
+            Some(Usage {
+                prompt_tokens: max,
+                completion_tokens: 1,
+                total_tokens: max
+            })
+        );
+        let mut s = SseScanner::default();
+        s.feed(format!("data: {chunk}\n\n").as_bytes());
+        assert_eq!(s.usage().map(|u| u.total_tokens), Some(max));
+    }
 
     #[test]
     fn scanner_finds_done_and_usage_across_chunk_boundaries() {
