@@ -276,6 +276,77 @@ def test_unreachable_identity_provider_fails_closed_with_503(env: IdpEnv, cluste
     assert any(dead in json.dumps(e) for e in logged), logged
 
 
+def _jwks_redis_key(issuer: str, jwks_url: str) -> str:
+    """The Redis key aibox shares a provider's JWKS under (oidc/shared.rs)."""
+    import hashlib
+
+    return "aibox:jwks:" + hashlib.sha256(f"{issuer}\n{jwks_url}".encode()).hexdigest()[:32]
+
+
+def test_issue_9_replicas_share_the_jwks_through_redis_and_refuse_a_planted_one(env: IdpEnv, cluster: Cluster):
+    import secrets as pysecrets
+
+    import redis as pyredis
+
+    r = pyredis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=2)
+    # The provider's JWKS through a mirror that counts fetches and can fail.
+    mirror = RecordingServer()
+    cluster._closers.append(mirror.close)
+    jwks = httpx.get(env.idp.jwks_url).content
+    mirror.files["/jwks"] = (200, "application/json", jwks)
+    jwks_url = f"{mirror.url}/jwks"
+    key = _jwks_redis_key(env.idp.issuer, jwks_url)
+    cluster._closers.append(lambda: r.delete(key))
+    fake = cluster.fake_upstream()
+    cfg = gateway_config(fake, env.idp.auth_config(jwks_url=jwks_url), redis_url="redis://127.0.0.1:6379")
+    # Every replica has the same AUDIT_SIGNING_KEY, as the README's topology says.
+    replica_env = {**KEY_ENV, "AUDIT_SIGNING_KEY": pysecrets.token_urlsafe(32)}
+    token = env.idp.token("ci")
+
+    a = cluster.aibox(cfg, env=replica_env)
+    assert len(mirror.requests) == 1  # fetched at start-up and published
+    entry = r.get(key)
+    assert entry is not None and entry.startswith(b"v1\n") and entry.endswith(jwks), entry
+    assert a.client(api_key=token).chat.completions.create(**CHAT).choices
+
+    # A second replica starts from the shared set: no fetch, tokens valid.
+    b = cluster.aibox(cfg, env=replica_env)
+    assert b.client(api_key=token).chat.completions.create(**CHAT).choices
+    assert len(mirror.requests) == 1, "the second replica asked the provider"
+
+    # The provider goes down; a replica starting now still validates tokens
+    # with the set another replica fetched.
+    mirror.files["/jwks"] = (503, "text/plain", b"down")
+    c = cluster.aibox(cfg, env=replica_env)
+    assert c.client(api_key=token).chat.completions.create(**CHAT).choices
+
+    # The attack: whoever can write to Redis plants a JWKS holding their own
+    # key under the provider's kid, with a tag made without the shared
+    # secret (here: by a replica with another AUDIT_SIGNING_KEY, which is
+    # what an attacker without the secret can at best do).
+    attacker_jwks = json.dumps({"keys": [{**env.attacker_key.public_jwk(), "kid": "k1"}]}).encode()
+    ms, tag = entry.split(b"\n")[1:3]
+    r.set(key, b"v1\n" + ms + b"\n" + tag + b"\n" + attacker_jwks, px=60_000)
+    forged = SigningKey("k1", "RS256", env.attacker_key.private).sign(env.idp.claims("ci"))
+    d = cluster.aibox(cfg, env=replica_env)
+    resp = d.http().post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {forged}"})
+    # The planted set is ignored: with the provider down there are no keys,
+    # so the token fails closed (503), never 200.
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "identity_provider_unavailable"
+    assert "ignoring the JWKS shared through Redis" in d.stderr()
+    # With the provider back, the replica uses the provider's keys only.
+    mirror.files["/jwks"] = (200, "application/json", jwks)
+    time.sleep(5.2)  # aibox retries a failed fetch after at most 5 s
+    rid = "planted-jwks"
+    resp = d.http().post(
+        "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {forged}", "x-request-id": rid}
+    )
+    assert_refused(resp, d, rid, "bad_signature", forged)
+    assert d.client(api_key=token).chat.completions.create(**CHAT).choices
+    assert fake.stats()["requests"] == 4  # a, b, c and d each answered once; nothing forged got through
+
+
 # --------------------------------------------------------------------------
 # The attack table
 # --------------------------------------------------------------------------

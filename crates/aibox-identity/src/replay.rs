@@ -256,6 +256,35 @@ impl RedisReplayGuard {
     }
 }
 
+impl RedisReplayGuard {
+    /// Reads `{prefix}{name}`, for the other shared caches that reuse this
+    /// connection (the JWKS cache); `None` when the key does not exist.
+    pub(crate) async fn get_raw(&self, name: &str) -> Result<Option<Vec<u8>>, ReplayError> {
+        let mut conn = self.conn.clone();
+        let mut get = redis::cmd("GET");
+        get.arg(format!("{}{name}", self.prefix));
+        self.finish(get.query_async::<Option<Vec<u8>>>(&mut conn))
+            .await
+    }
+
+    /// Writes `{prefix}{name}` with a time to live.
+    pub(crate) async fn set_raw(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), ReplayError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{}{name}", self.prefix))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms);
+        self.finish(set.query_async::<()>(&mut conn)).await
+    }
+}
+
 impl ReplayGuard for RedisReplayGuard {
     async fn first_use(&self, jti: &str, expires_at: SystemTime) -> Result<bool, ReplayError> {
         // Remember the id at least one second, so a token that expires in

@@ -291,6 +291,36 @@ fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     listen().with_context(|| format!("cannot listen on {addr}; fix: free the port or change {key}"))
 }
 
+/// With Redis configured, replicas share the identity provider's JWKS
+/// (warm-up and fallback), tagged under a key derived from
+/// `AUDIT_SIGNING_KEY` so that Redis cannot plant keys.
+fn share_jwks(
+    cfg: &Config,
+    state: &AppState,
+    audit_key: &aibox_core::Secret,
+) -> anyhow::Result<()> {
+    let (Some(url), Some(validator), Some(issuer)) = (
+        &cfg.redis_url,
+        state.auth.oidc_validator(),
+        &cfg.auth.issuer,
+    ) else {
+        return Ok(());
+    };
+    let redis = aibox_identity::RedisReplayGuard::connect_lazy(
+        url,
+        aibox_identity::oidc::JWKS_REDIS_PREFIX,
+    )
+    .map_err(|e| anyhow::anyhow!("redis_url (AIBOX_REDIS_URL): {}", e.operator_hint()))?;
+    let cache = aibox_identity::oidc::SharedJwksCache::new(
+        redis,
+        audit_key,
+        issuer,
+        cfg.auth.jwks_url.as_deref(),
+    );
+    validator.source().share_through(cache);
+    Ok(())
+}
+
 async fn serve(
     cfg: Config,
     keys: SigningKeys,
@@ -373,6 +403,7 @@ async fn serve(
         )?);
     state.credentials = Some(credentials);
     state.doctor = Some(doctor_seam(&cfg));
+    share_jwks(&cfg, &state, &audit_key)?;
     let state = Arc::new(state);
     state.auth.preload().await;
 

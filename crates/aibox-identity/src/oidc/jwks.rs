@@ -21,7 +21,9 @@ use tokio::time::Instant;
 
 use super::error::AuthError;
 use super::settings::{OidcConfigError, OidcSettings};
+use super::shared::SharedJwksCache;
 use crate::jws;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The largest JWKS or discovery document read.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -36,6 +38,14 @@ const MIN_RSA_MODULUS_BYTES: usize = 256;
 pub trait JwksSource: Send + Sync + 'static {
     /// Fetches the current key set.
     fn fetch(&self) -> impl Future<Output = Result<JwkSet, AuthError>> + Send;
+
+    /// Fetches the current key set and says how long ago it left the
+    /// provider: zero for a fresh fetch, more for a copy another replica
+    /// fetched earlier, so the validator refreshes it on the provider's
+    /// schedule rather than this copy's.
+    fn fetch_with_age(&self) -> impl Future<Output = Result<(JwkSet, Duration), AuthError>> + Send {
+        async { self.fetch().await.map(|set| (set, Duration::ZERO)) }
+    }
 }
 
 /// Fetches the JWKS over HTTP(S) from `jwks_url`, or from the `jwks_uri` of
@@ -47,6 +57,12 @@ pub struct HttpJwksSource {
     issuer: String,
     jwks_url: Option<String>,
     discovered: tokio::sync::OnceCell<String>,
+    max_age: Duration,
+    /// The JWKS shared with other replicas through Redis, when configured.
+    shared: std::sync::OnceLock<SharedJwksCache>,
+    /// Whether this process has loaded a set yet: only the first load may
+    /// come from the shared cache without asking the provider.
+    warmed: AtomicBool,
 }
 
 impl HttpJwksSource {
@@ -73,7 +89,53 @@ impl HttpJwksSource {
             issuer: settings.issuer.clone(),
             jwks_url: settings.jwks_url.clone(),
             discovered: tokio::sync::OnceCell::new(),
+            max_age: settings.jwks_max_age,
+            shared: std::sync::OnceLock::new(),
+            warmed: AtomicBool::new(false),
         })
+    }
+
+    /// Shares fetched sets with the other replicas through `cache` (see
+    /// [`SharedJwksCache`]). Returns false if a cache was already set.
+    pub fn share_through(&self, cache: SharedJwksCache) -> bool {
+        self.shared.set(cache).is_ok()
+    }
+
+    /// The provider's current JWKS, as bytes and parsed.
+    async fn fetch_from_provider(&self) -> Result<(Vec<u8>, JwkSet), AuthError> {
+        let url = match &self.jwks_url {
+            Some(u) => u.as_str(),
+            None => self
+                .discovered
+                .get_or_try_init(|| self.discover())
+                .await?
+                .as_str(),
+        };
+        let body = self.get(url).await?;
+        let set = parse_jwks(&body).map_err(|cause| AuthError::JwksUnavailable {
+            url: display_url(url),
+            cause: cause.into(),
+        })?;
+        Ok((body, set))
+    }
+
+    /// The set another replica shared, if one is there, authentic, fresh
+    /// and parseable; every other outcome is logged and ignored.
+    async fn shared_set(&self, cache: &SharedJwksCache) -> Option<(JwkSet, Duration)> {
+        match cache.load(self.max_age).await {
+            Ok(Some(entry)) => match parse_jwks(&entry.body) {
+                Ok(set) => Some((set, entry.age)),
+                Err(cause) => {
+                    tracing::warn!(cause, "ignoring the JWKS shared through Redis");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the JWKS shared through Redis");
+                None
+            }
+        }
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, AuthError> {
@@ -167,19 +229,53 @@ impl HttpJwksSource {
 
 impl JwksSource for HttpJwksSource {
     async fn fetch(&self) -> Result<JwkSet, AuthError> {
-        let url = match &self.jwks_url {
-            Some(u) => u.as_str(),
-            None => self
-                .discovered
-                .get_or_try_init(|| self.discover())
-                .await?
-                .as_str(),
-        };
-        let body = self.get(url).await?;
-        parse_jwks(&body).map_err(|cause| AuthError::JwksUnavailable {
-            url: display_url(url),
-            cause: cause.into(),
-        })
+        self.fetch_with_age().await.map(|(set, _)| set)
+    }
+
+    async fn fetch_with_age(&self) -> Result<(JwkSet, Duration), AuthError> {
+        let shared = self.shared.get();
+        // Warm-up: a replica's first load takes the set another replica
+        // fetched, so N replicas starting together ask the provider once.
+        // Later loads (a new kid, a stale set) go to the provider first.
+        if let Some(cache) = shared
+            && !self.warmed.load(Ordering::Acquire)
+            && let Some((set, age)) = self.shared_set(cache).await
+        {
+            self.warmed.store(true, Ordering::Release);
+            tracing::info!(
+                age_secs = age.as_secs(),
+                "loaded the identity provider's keys from the JWKS another replica shared through Redis"
+            );
+            return Ok((set, age));
+        }
+        match self.fetch_from_provider().await {
+            Ok((body, set)) => {
+                self.warmed.store(true, Ordering::Release);
+                if let Some(cache) = shared
+                    && let Err(e) = cache.publish(&body, self.max_age).await
+                {
+                    tracing::warn!(error = %e, "cannot share the JWKS through Redis; each replica fetches its own");
+                }
+                Ok((set, Duration::ZERO))
+            }
+            Err(e) => {
+                // The provider is down: a set another replica fetched within
+                // jwks_max_age is as good as the one this process would
+                // have kept had it fetched it itself.
+                if let Some(cache) = shared
+                    && let Some((set, age)) = self.shared_set(cache).await
+                {
+                    tracing::warn!(
+                        hint = %e.operator_hint(),
+                        age_secs = age.as_secs(),
+                        "the identity provider is unreachable; using the JWKS another replica fetched"
+                    );
+                    self.warmed.store(true, Ordering::Release);
+                    return Ok((set, age));
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -251,6 +347,10 @@ impl JwksSource for StaticJwksSource {
 impl<T: JwksSource> JwksSource for Arc<T> {
     fn fetch(&self) -> impl Future<Output = Result<JwkSet, AuthError>> + Send {
         T::fetch(self)
+    }
+
+    fn fetch_with_age(&self) -> impl Future<Output = Result<(JwkSet, Duration), AuthError>> + Send {
+        T::fetch_with_age(self)
     }
 }
 

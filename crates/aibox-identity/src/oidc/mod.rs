@@ -21,6 +21,7 @@ mod claims;
 mod error;
 mod jwks;
 mod settings;
+mod shared;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -35,6 +36,7 @@ pub use jwks::{HttpJwksSource, JwksSource, MAX_JWKS_BYTES, StaticJwksSource, par
 pub use settings::{
     ClaimMapping, DEFAULT_ALGORITHMS, OidcConfigError, OidcSettings, parse_algorithm,
 };
+pub use shared::{JWKS_REDIS_PREFIX, SharedJwks, SharedJwksCache, SharedJwksError};
 
 use crate::jws;
 use jwks::{FAILED_FETCH_RETRY, KeySet, display_url};
@@ -313,9 +315,12 @@ impl<S: JwksSource> OidcValidator<S> {
     async fn fetch_into(&self, st: &mut RefreshState) -> Result<Arc<KeySet>, AuthError> {
         st.last_attempt = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let result = match self.source.fetch().await {
-            Ok(jwks) => {
-                let (set, skipped) = KeySet::from_jwks(&jwks, Instant::now());
+        let result = match self.source.fetch_with_age().await {
+            Ok((jwks, age)) => {
+                // A copy fetched earlier by another replica is as old as its
+                // fetch, so it is refreshed when the provider's copy would be.
+                let fetched = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                let (set, skipped) = KeySet::from_jwks(&jwks, fetched);
                 if set.is_empty() {
                     // An empty answer is far more likely a provider fault
                     // than a real "trust nothing", and keeping the previous
