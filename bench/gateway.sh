@@ -357,6 +357,20 @@ wait_quiet() {
   done
 }
 
+# audit_buckets: aibox's audit append histogram (cumulative bucket counts by
+# upper bound, as JSON), read from its ops listener; `null` if unavailable.
+# The difference of two readings is the wait of the turns in between for
+# their durable audit record (issue 4's "audit write" figure).
+audit_buckets() {
+  local text
+  text=$(curl -fsS --max-time 5 "http://$AIBOX_OPS/metrics" 2>/dev/null) || { echo null; return; }
+  awk 'BEGIN { printf "{" }
+       /^aibox_audit_append_duration_seconds_bucket\{le="/ {
+         match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+         printf "%s\"%s\":%s", (n++ ? "," : ""), le, $NF }
+       END { printf "}" }' <<<"$text"
+}
+
 fake_requests() {
   curl -fsS --max-time 5 "http://$FAKE_ADDR/_stats" 2>/dev/null | grep -o '"requests":[0-9]*' | cut -d: -f2 || true
 }
@@ -398,6 +412,8 @@ run_one() {
   SAMPLER_PID=$!
   local up0 up1 cpu0 cpu1 own0 own1 sys0 sys1 st0 st1 kids0 kids1 t0 t1 samp
   up0=$(fake_requests)
+  local audit0=null audit1=null
+  [[ $target == aibox ]] && audit0=$(audit_buckets)
   log "$label: measuring ${secs}s"
   local wrk_rc=0
   times >"$WORK/times0"
@@ -415,6 +431,7 @@ run_one() {
   st1=$(sys_steal_ticks)
   t1=$(date +%s%N)
   up1=$(fake_requests)
+  [[ $target == aibox ]] && audit1=$(audit_buckets)
   kill -TERM "$SAMPLER_PID" 2>/dev/null || true
   wait "$SAMPLER_PID" 2>/dev/null || true
   SAMPLER_PID=
@@ -438,9 +455,9 @@ run_one() {
       "$target" "$conc" "$stream_json" "$secs" "$wrk_rc" >>"$RUNS"
     return 0
   fi
-  printf '{"target":"%s","concurrency":%d,"stream":%s,"seconds":%d,"warmup_seconds":%d,"threads":%d,"peak_rss_kb":%s,"cpu_ticks":%d,"clk_tck":%d,"window_ms":%d,"system_busy_ticks":%d,"steal_ticks":%d,"own_ticks":%d,"upstream_requests":%s,"wrk":%s}\n' \
+  printf '{"target":"%s","concurrency":%d,"stream":%s,"seconds":%d,"warmup_seconds":%d,"threads":%d,"peak_rss_kb":%s,"cpu_ticks":%d,"clk_tck":%d,"window_ms":%d,"system_busy_ticks":%d,"steal_ticks":%d,"own_ticks":%d,"upstream_requests":%s,"audit_buckets_before":%s,"audit_buckets_after":%s,"wrk":%s}\n' \
     "$target" "$conc" "$stream_json" "$secs" "$WARMUP" "$threads" "$peak" "$((cpu1 - cpu0))" "$CLK_TCK" \
-    "$window_ms" "$((sys1 - sys0))" "$((st1 - st0))" "$own_ticks" "$upstream" "$wrk_json" >>"$RUNS"
+    "$window_ms" "$((sys1 - sys0))" "$((st1 - st0))" "$own_ticks" "$upstream" "$audit0" "$audit1" "$wrk_json" >>"$RUNS"
   # Keep wrk's own --latency report visible in the log.
   grep -E '^\s+(Latency|Req/Sec)|^\s+(50|99)%|requests in|Requests/sec|Socket errors|Non-2xx' "$out" |
     sed "s/^/    [$label] /" >&2 || true

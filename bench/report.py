@@ -25,6 +25,8 @@ TARGET_RPS_VS_DIRECT = 0.5
 TARGET_RPS_VS_LITELLM = 50.0
 TARGET_IDLE_RSS_MIB = 30.0
 TARGET_LOAD_RSS_MIB = 100.0
+# Issue 4: the audit write adds at most this much to a turn, p50.
+TARGET_AUDIT_WAIT_P50_MS = 0.2
 
 # Above this much foreign CPU (% of one core) during a run, the report warns.
 NOISY_OTHER_CPU_PCT = 10.0
@@ -90,10 +92,39 @@ def enrich(run: dict) -> dict:
         run["other_cpu_pct"] = max(0.0, 100.0 * other)
         if run.get("steal_ticks") is not None:
             run["steal_cpu_pct"] = 100.0 * run["steal_ticks"] / tck / window
+    before, after = run.get("audit_buckets_before"), run.get("audit_buckets_after")
+    run["audit_wait_p50_ms"], run["audit_turns"] = bucket_quantile(before, after, 0.5)
+    run["audit_wait_p99_ms"], _ = bucket_quantile(before, after, 0.99)
     up = run.get("upstream_requests")
     if up is not None:
         run["upstream_requests_per_client_request"] = up / wrk["requests"] if wrk["requests"] else None
     return run
+
+
+def bucket_quantile(before: dict | None, after: dict | None, q: float) -> tuple[float | None, int]:
+    """The q-quantile, in ms, of the observations between two readings of a
+    cumulative Prometheus histogram ({upper bound: count}), interpolated
+    linearly inside the bucket it falls in; and how many observations."""
+    if not before or not after:
+        return None, 0
+    bounds = sorted(
+        ((float("inf") if le == "+Inf" else float(le), after[le] - before.get(le, 0)) for le in after),
+        key=lambda b: b[0],
+    )
+    total = bounds[-1][1] if bounds else 0
+    if total <= 0:
+        return None, 0
+    rank = q * total
+    lower, below = 0.0, 0
+    for upper, cum in bounds:
+        if cum >= rank:
+            if upper == float("inf"):
+                return lower * 1000.0, total
+            inside = cum - below
+            frac = (rank - below) / inside if inside else 1.0
+            return (lower + (upper - lower) * frac) * 1000.0, total
+        lower, below = upper, cum
+    return None, total
 
 
 def scenario_name(run: dict) -> str:
@@ -156,6 +187,13 @@ def comparisons(runs: list[dict], meta: dict) -> list[dict]:
         l32, a32 = find(runs, "litellm", 32, stream), find(runs, "aibox", 32, stream)
         ratio = a32["rps"] / l32["rps"] if l32 and a32 and l32["rps"] else None
         checks.append(check(f"aibox rps / LiteLLM rps, c=32, {label}", ratio, ">=", TARGET_RPS_VS_LITELLM, "x", 1))
+    for stream in (False, True):
+        label = "stream" if stream else "non-stream"
+        a1 = find(runs, "aibox", 1, stream)
+        checks.append(check(
+            f"aibox turn's wait for its durable audit write, p50, c=1, {label}",
+            a1.get("audit_wait_p50_ms") if a1 else None, "<=", TARGET_AUDIT_WAIT_P50_MS, " ms", 3,
+        ))
     checks.append(check("aibox idle RSS after start-up", mib(meta.get("aibox_idle_rss_kb")), "<=", TARGET_IDLE_RSS_MIB, " MiB", 1))
     peaks = [r["peak_rss_mib"] for r in runs if r["target"] == "aibox" and r.get("peak_rss_mib") is not None]
     checks.append(check("aibox peak RSS under load (max over scenarios)", max(peaks) if peaks else None, "<=", TARGET_LOAD_RSS_MIB, " MiB", 1))
@@ -235,6 +273,22 @@ def markdown(meta: dict, runs: list[dict], checks: list[dict]) -> str:
             "Rerun on a quiet machine.**"
         )
     out.append("")
+
+    audited = [r for r in runs if r["target"] == "aibox" and r.get("audit_turns")]
+    if audited:
+        out.append("| aibox scenario | audited turns | audit wait p50 ms | audit wait p99 ms |")
+        out.append("|---|---:|---:|---:|")
+        for r in audited:
+            out.append(
+                f"| {scenario_name(r)} | {r['audit_turns']} | {fmt(r['audit_wait_p50_ms'], 3)} | {fmt(r['audit_wait_p99_ms'], 3)} |"
+            )
+        out.append("")
+        out.append(
+            "Audit wait: how long each turn waited, between submitting its events and the durable commit of its "
+            "signed record, before its answer (or a stream's last chunk) was released; from aibox's "
+            "`aibox_audit_append_duration_seconds` histogram read before and after each run, interpolated within buckets."
+        )
+        out.append("")
 
     out.append("| idle RSS | MiB |")
     out.append("|---|---:|")
