@@ -257,10 +257,10 @@ impl McpGateway {
                     started,
                 )
                 .await?;
-            result_hash = Some(Sha256Hex::of(
-                &serde_json::to_vec(&result).unwrap_or_default(),
-            ));
-            let mut result = self.guard_result(ctx, &mut rec, server_name, &target, result)?;
+            let result_text = serde_json::to_string(&result).unwrap_or_default();
+            result_hash = Some(Sha256Hex::of(result_text.as_bytes()));
+            let mut result =
+                self.guard_result_text(ctx, &mut rec, server_name, &target, result, &result_text)?;
             // The contents name the server's URIs; the client knows them
             // only namespaced.
             if let Some(contents) = result.get_mut("contents").and_then(Value::as_array_mut) {
@@ -363,10 +363,9 @@ impl McpGateway {
                     started,
                 )
                 .await?;
-            result_hash = Some(Sha256Hex::of(
-                &serde_json::to_vec(&result).unwrap_or_default(),
-            ));
-            self.guard_result(ctx, &mut rec, &server_name, &prompt, result)
+            let result_text = serde_json::to_string(&result).unwrap_or_default();
+            result_hash = Some(Sha256Hex::of(result_text.as_bytes()));
+            self.guard_result_text(ctx, &mut rec, &server_name, &prompt, result, &result_text)
         }
         .await;
         let (server, target) = (server_name.clone(), prompt.clone());

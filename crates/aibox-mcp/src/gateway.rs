@@ -746,7 +746,10 @@ impl McpGateway {
             .and_then(|m| m.get(CAPTOKEN_META_KEY))
             .and_then(Value::as_str);
         let token = meta_token.or(ctx.captoken);
-        let args_hash = Sha256Hex::of(&serde_json::to_vec(&arguments).unwrap_or_default());
+        // Serialised once: the same text is hashed for the record and
+        // scanned by the guardrail.
+        let args_text = serde_json::to_string(&arguments).unwrap_or_default();
+        let args_hash = Sha256Hex::of(args_text.as_bytes());
         let (server_name, tool_name) = match names::split(name) {
             Ok((s, t)) => (s.to_owned(), t.to_owned()),
             Err(_) => (String::new(), names::printable(name)),
@@ -812,13 +815,14 @@ impl McpGateway {
                 }));
             }
 
-            let arguments = self.guard_stage(
+            let arguments = self.guard_stage_text(
                 ctx,
                 &mut rec,
                 GuardStage::ToolArguments,
                 &server_name,
                 &tool_name,
-                arguments.clone(),
+                arguments,
+                &args_text,
                 |reason| Stop::Denied(Denial::GuardBlocked { reason }),
             )?;
             let remaining = timeout.saturating_sub(started.elapsed());
@@ -843,10 +847,16 @@ impl McpGateway {
                 }
                 Err(e) => return Err(upstream_stop(&server_name, e)),
             };
-            result_hash = Some(Sha256Hex::of(
-                &serde_json::to_vec(&result).unwrap_or_default(),
-            ));
-            self.guard_result(ctx, &mut rec, &server_name, &tool_name, result)
+            let result_text = serde_json::to_string(&result).unwrap_or_default();
+            result_hash = Some(Sha256Hex::of(result_text.as_bytes()));
+            self.guard_result_text(
+                ctx,
+                &mut rec,
+                &server_name,
+                &tool_name,
+                result,
+                &result_text,
+            )
         }
         .await;
 
@@ -1029,22 +1039,26 @@ impl McpGateway {
         }
     }
 
-    /// A server's result through the guardrail's output scan.
-    pub(crate) fn guard_result(
+    /// A server's result through the guardrail's output scan; `text` is
+    /// the result serialised (compact JSON), which the caller also hashed
+    /// for the record.
+    pub(crate) fn guard_result_text(
         &self,
         ctx: &CallContext<'_>,
         rec: &mut Recorder<'_>,
         server: &str,
         what: &str,
         result: Value,
+        text: &str,
     ) -> Result<Value, Stop> {
-        self.guard_stage(
+        self.guard_stage_text(
             ctx,
             rec,
             GuardStage::ToolResult,
             server,
             what,
             result,
+            text,
             |reason| Stop::Failed {
                 code: codes::GUARDRAIL_BLOCKED,
                 message: format!("the guardrail blocked the result ({reason})"),
@@ -1070,9 +1084,28 @@ impl McpGateway {
             return Ok(value);
         }
         let text = serde_json::to_string(&value).unwrap_or_default();
-        let out = self
-            .guard
-            .inspect(ctx.principal, stage, server, tool, &text);
+        self.guard_stage_text(ctx, rec, stage, server, tool, value, &text, blocked)
+    }
+
+    /// [`Self::guard_stage`] with `value` already serialised as `text`
+    /// (compact `serde_json`, exactly what `guard_stage` would scan), so a
+    /// caller that also hashes that text serialises it once.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn guard_stage_text(
+        &self,
+        ctx: &CallContext<'_>,
+        rec: &mut Recorder<'_>,
+        stage: GuardStage,
+        server: &str,
+        tool: &str,
+        value: Value,
+        text: &str,
+        blocked: impl FnOnce(String) -> Stop,
+    ) -> Result<Value, Stop> {
+        if !self.guard.active() {
+            return Ok(value);
+        }
+        let out = self.guard.inspect(ctx.principal, stage, server, tool, text);
         rec.push(EventKind::GuardrailVerdict {
             stage,
             profile: out.profile.clone(),

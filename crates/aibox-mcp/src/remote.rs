@@ -372,12 +372,27 @@ fn drain_in_background<S>(mut body: S)
 where
     S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Unpin + 'static,
 {
+    // Usually the end of the stream arrived with the response (or right
+    // behind it): then it is read here, without polling anything that would
+    // wait, and no task is spawned for it.
+    let mut read = 0usize;
+    loop {
+        match futures_util::FutureExt::now_or_never(body.next()) {
+            Some(Some(Ok(chunk))) => {
+                read = read.saturating_add(chunk.len());
+                if read > MAX_MESSAGE_BYTES {
+                    return;
+                }
+            }
+            Some(None | Some(Err(_))) => return,
+            None => break,
+        }
+    }
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
     rt.spawn(async move {
         let _ = tokio::time::timeout(DRAIN_LIMIT, async {
-            let mut read = 0usize;
             while let Some(Ok(chunk)) = body.next().await {
                 read = read.saturating_add(chunk.len());
                 if read > MAX_MESSAGE_BYTES {

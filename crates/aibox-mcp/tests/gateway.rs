@@ -1619,6 +1619,84 @@ async fn a_spawn_that_cannot_be_recorded_is_killed() {
     gw.shutdown().await;
 }
 
+/// A guard that allows everything and keeps the text of every scan.
+#[derive(Default)]
+struct RecordingGuard(std::sync::Mutex<Vec<(GuardStage, String)>>);
+
+impl ToolGuard for RecordingGuard {
+    fn inspect(
+        &self,
+        _: &Principal,
+        stage: GuardStage,
+        _: &str,
+        _: &str,
+        text: &str,
+    ) -> GuardOutcome {
+        self.0.lock().unwrap().push((stage, text.to_owned()));
+        GuardOutcome::allow("test")
+    }
+}
+
+/// Issue 6 (the per-call cost): a call serialises its arguments and its
+/// result once, and that one text is both what the guardrail scans and
+/// what the record hashes. Were they to drift apart (another
+/// serialisation, a value changed in between), a record would vouch for
+/// bytes nobody checked.
+#[tokio::test]
+async fn issue_6_the_record_hashes_exactly_what_the_guardrail_scanned() {
+    let guard = Arc::new(RecordingGuard::default());
+    let fx = fixture(guard.clone()).await;
+    fx.ready().await;
+    let sid = fx.session(&fx.alice, "2025-06-18").await;
+    let (tok, _) = fx.token(&fx.alice, &["tool:fake/echo"]);
+    let args =
+        json!({"text": "héllo \"quoted\" \u{1F600}", "n": [1, 2.5, null], "nested": {"b": true}});
+    let r = fx
+        .call(&fx.alice, &sid, "fake__echo", args.clone(), Some(&tok))
+        .await;
+    assert!(r.body["result"].is_object(), "{}", r.body);
+    let rec = fx.last_call();
+    let (args_hash, result_hash) = rec
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ToolCall {
+                arguments_sha256,
+                result_sha256,
+                ..
+            } => Some((arguments_sha256.clone(), result_sha256.clone())),
+            _ => None,
+        })
+        .expect("no tool_call event");
+    let seen = guard.0.lock().unwrap().clone();
+    let scanned = |stage: GuardStage| {
+        seen.iter()
+            .rev()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, t)| t.clone())
+            .expect("the stage was not scanned")
+    };
+    let args_text = scanned(GuardStage::ToolArguments);
+    let result_text = scanned(GuardStage::ToolResult);
+    assert_eq!(serde_json::from_str::<Value>(&args_text).unwrap(), args);
+    assert_eq!(
+        args_hash,
+        aibox_core::audit::Sha256Hex::of(args_text.as_bytes())
+    );
+    assert_eq!(
+        result_hash,
+        Some(aibox_core::audit::Sha256Hex::of(result_text.as_bytes()))
+    );
+    // The result the client got is the one that was scanned (plus the
+    // turn aibox adds to `_meta`).
+    let mut released = r.body["result"].clone();
+    released.as_object_mut().unwrap().remove("_meta");
+    assert_eq!(
+        serde_json::from_str::<Value>(&result_text).unwrap(),
+        released
+    );
+}
+
 /// Not a pass/fail test: prints the p50 of a tool call straight to the
 /// stdio server (aibox-mcp's client, no gateway) and through the whole
 /// `/mcp` router (session, policy, CapToken, audit record in memory).
