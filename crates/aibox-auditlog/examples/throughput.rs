@@ -13,7 +13,8 @@
 //! to use and keep; with 0 turns nothing is appended and the log already
 //! there is measured, so two builds (a baseline and a change) can verify
 //! the very same log alternately. `THROUGHPUT_ROUNDS` (default 3) sets how
-//! many verifications of each mode are run; the best is printed.
+//! many verifications of each mode are run; the best is printed, and
+//! `THROUGHPUT_BUNDLE=0` skips the export and the bundle verification.
 //!
 //! Otherwise PostgreSQL uses a fresh database on 127.0.0.1:5432 (user
 //! postgres), dropped at the end. This is a measurement, not a test: it
@@ -175,6 +176,11 @@ async fn run(log: AuditLog, turns: usize, per_turn: usize, callers: usize) {
             pct(0.99),
             pct(1.0)
         );
+    }
+    // THROUGHPUT_BUNDLE=0 skips the export and the bundle verification, for
+    // a profile of the database verification alone.
+    if std::env::var("THROUGHPUT_BUNDLE").is_ok_and(|v| v == "0") {
+        return;
     }
     let start = Instant::now();
     let bundle = log.export(&t).await.unwrap();
