@@ -10,7 +10,8 @@
 //!
 //! Reads use a separate read-only connection (WAL readers never block the
 //! writer); a verification opens its own, so a long verification never
-//! delays receipts. `BEGIN IMMEDIATE` plus the `audit_heads` row read inside
+//! delays receipts, and on a large log one more for the worker that reads
+//! its envelopes ahead (see `readahead`). `BEGIN IMMEDIATE` plus the `audit_heads` row read inside
 //! the transaction also make several processes sharing one file safe.
 //!
 //! Append-only guards are triggers that `RAISE(ABORT)` on UPDATE and DELETE
