@@ -16,7 +16,10 @@
 //! the last integer key and land in the first block or the tail); and
 //! since the log is append-only, a worker whose snapshot is newer than the
 //! caller's sees the same rows below the bound, while whatever was
-//! appended concurrently lies past it and is never mixed in.
+//! appended concurrently lies past it and is never mixed in. (A writer who
+//! dropped the guards and edits rows while a verification runs may be seen
+//! by one snapshot and not the other; a mix of an intact and an edited log
+//! verifies only if the edited parts alone would, so this hides nothing.)
 //!
 //! A storage error is delivered after the rows of its block that were read
 //! before it, when the verifier reaches it, so a verification failure
