@@ -30,6 +30,12 @@ use aibox_core::audit::{
 };
 use aibox_core::{RequestId, TenantId, TurnId, UserId};
 
+/// The allocator of the aibox binary, so that the figures are the
+/// server's (the verification's read-ahead worker allocates what the
+/// verifier's thread frees, which glibc malloc makes dearer).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const KEY: &str = "throughput-0123456789abcdef0123456789";
 
 /// A realistic turn: request, guardrail verdict, upstream response, turn end.
