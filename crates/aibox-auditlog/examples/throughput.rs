@@ -5,10 +5,20 @@
 //! cargo run --release -p aibox-auditlog --example throughput -- sqlite   [turns] [events/turn] [callers]
 //! cargo run --release -p aibox-auditlog --example throughput -- postgres [turns] [events/turn] [callers]
 //! THROUGHPUT_MODES=head cargo run ... (one verification mode only, e.g. to profile it)
+//! THROUGHPUT_DB=/var/tmp/a.db cargo run ... -- sqlite 0 (verify an existing log, no appends)
 //! ```
 //!
-//! PostgreSQL uses a fresh database on 127.0.0.1:5432 (user postgres),
-//! dropped at the end. This is a measurement, not a test: it prints rates.
+//! `THROUGHPUT_DB` keeps the SQLite log in that file instead of a
+//! temporary directory, and `THROUGHPUT_PG_DB` names a PostgreSQL database
+//! to use and keep; with 0 turns nothing is appended and the log already
+//! there is measured, so two builds (a baseline and a change) can verify
+//! the very same log alternately. `THROUGHPUT_ROUNDS` (default 3) sets how
+//! many verifications of each mode are run; the best is printed, and
+//! `THROUGHPUT_BUNDLE=0` skips the export and the bundle verification.
+//!
+//! Otherwise PostgreSQL uses a fresh database on 127.0.0.1:5432 (user
+//! postgres), dropped at the end. This is a measurement, not a test: it
+//! prints rates.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +29,12 @@ use aibox_core::audit::{
     AuditEvent, EventKind, GuardAction, GuardStage, Sha256Hex, TurnStatus, Usage,
 };
 use aibox_core::{RequestId, TenantId, TurnId, UserId};
+
+/// The allocator of the aibox binary, so that the figures are the
+/// server's (the verification's read-ahead worker allocates what the
+/// verifier's thread frees, which glibc malloc makes dearer).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const KEY: &str = "throughput-0123456789abcdef0123456789";
 
@@ -105,20 +121,26 @@ async fn run(log: AuditLog, turns: usize, per_turn: usize, callers: usize) {
     }
     let secs = start.elapsed().as_secs_f64();
     let events = (turns * per_turn) as f64;
-    println!(
-        "append ({}): {turns} turns x {per_turn} events, {callers} concurrent callers: {:.2}s, {:.0} events/s durable, {:.0} turns/s",
-        log.backend(),
-        secs,
-        events / secs,
-        turns as f64 / secs
-    );
+    if turns > 0 {
+        println!(
+            "append ({}): {turns} turns x {per_turn} events, {callers} concurrent callers: {:.2}s, {:.0} events/s durable, {:.0} turns/s",
+            log.backend(),
+            secs,
+            events / secs,
+            turns as f64 / secs
+        );
+    }
+    let rounds: usize = std::env::var("THROUGHPUT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     // Both signature modes, alternated in one run so that the machine's
     // noise falls on both alike; the best of three is printed.
     for mode in modes() {
         let mut best = f64::MAX;
         let mut best_cpu = f64::MAX;
         let mut report = None;
-        for _ in 0..3 {
+        for _ in 0..rounds {
             let start = Instant::now();
             let cpu = cpu_secs();
             let r = log.verify_with(&t, mode, |_, _| {}).await.unwrap();
@@ -151,14 +173,21 @@ async fn run(log: AuditLog, turns: usize, per_turn: usize, callers: usize) {
     }
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
-    println!(
-        "receipt ({}): {} receipts at tree size {turns}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        log.backend(),
-        lat.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
+    if !lat.is_empty() {
+        println!(
+            "receipt ({}): {} receipts at tree size {turns}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            log.backend(),
+            lat.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+    // THROUGHPUT_BUNDLE=0 skips the export and the bundle verification, for
+    // a profile of the database verification alone.
+    if std::env::var("THROUGHPUT_BUNDLE").is_ok_and(|v| v == "0") {
+        return;
+    }
     let start = Instant::now();
     let bundle = log.export(&t).await.unwrap();
     let keys: Vec<String> = log
@@ -226,16 +255,18 @@ async fn main() {
     match backend.as_str() {
         "sqlite" => {
             let dir = tempfile::tempdir().unwrap();
-            let log = AuditLog::open_sqlite(
-                &dir.path().join("audit.db"),
-                KEY,
-                &AuditLogOptions::default(),
-            )
-            .unwrap();
+            let path = std::env::var_os("THROUGHPUT_DB")
+                .map_or_else(|| dir.path().join("audit.db"), std::path::PathBuf::from);
+            let log = AuditLog::open_sqlite(&path, KEY, &AuditLogOptions::default()).unwrap();
             run(log, turns, per_turn, callers).await;
         }
         "postgres" => {
-            let name = format!("aibox_auditlog_bench_{}", std::process::id());
+            // THROUGHPUT_PG_DB names a database to keep (created if absent,
+            // never dropped), like THROUGHPUT_DB for SQLite.
+            let keep = std::env::var("THROUGHPUT_PG_DB").ok();
+            let name = keep
+                .clone()
+                .unwrap_or_else(|| format!("aibox_auditlog_bench_{}", std::process::id()));
             let (admin, conn) = tokio_postgres::connect(
                 "postgres://postgres@127.0.0.1:5432/test",
                 tokio_postgres::NoTls,
@@ -243,19 +274,23 @@ async fn main() {
             .await
             .expect("PostgreSQL on 127.0.0.1:5432");
             tokio::spawn(conn);
-            admin
+            let created = admin
                 .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
+                .await;
+            if keep.is_none() {
+                created.unwrap();
+            }
             let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
             let log = AuditLog::connect_postgres(&url, KEY, &AuditLogOptions::default())
                 .await
                 .unwrap();
             run(log, turns, per_turn, callers).await;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .unwrap();
+            if keep.is_none() {
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .unwrap();
+            }
         }
         other => eprintln!("unknown backend {other}; use sqlite or postgres"),
     }

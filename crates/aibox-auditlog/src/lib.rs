@@ -193,11 +193,22 @@
 //! triggers, so the role aibox writes with must not own the audit tables:
 //! grant it `SELECT, INSERT` on them and `UPDATE` on `audit_heads` only.
 
+// The unit tests share the integration tests' fixture and tampering table,
+// which name this crate by its package name.
+#[cfg(test)]
+extern crate self as aibox_auditlog;
+
 mod error;
 mod format;
 mod postgres;
+mod readahead;
 mod sqlite;
 mod state;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_common;
+#[cfg(test)]
+mod tests_readahead;
 mod verify;
 
 use std::path::Path;

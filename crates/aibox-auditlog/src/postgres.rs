@@ -903,6 +903,7 @@ impl Source for PgSource<'_> {
         buf.note.clear();
         buf.note
             .extend_from_slice(r.try_get::<_, &str>(2).map_err(pg)?.as_bytes());
+        buf.prepared = None;
         let cols = buf.columns.get_or_insert_with(EnvColumns::default);
         cols.turn = r
             .try_get::<_, Option<&str>>(3)

@@ -188,6 +188,43 @@ pub(crate) struct EnvBuf {
     pub key_version: Option<u32>,
     pub note: Vec<u8>,
     pub columns: Option<EnvColumns>,
+    /// What [`prepare_envelope`] computed from `note` alone, when a
+    /// read-ahead worker did it already. Every source that fills `note`
+    /// must reset this to `None`, since buffers are reused.
+    pub prepared: Option<PreparedEnv>,
+}
+
+/// The order-independent work on one envelope note: everything
+/// [`ChainVerifier::envelope`] derives from the note's bytes alone, done
+/// ahead on a worker so that the verifier's thread only runs the checks
+/// that depend on the log's order.
+#[derive(Debug)]
+pub(crate) struct PreparedEnv {
+    /// The unverified first seq, to pin a problem with the envelope.
+    pin: Option<u64>,
+    /// Whether the note is UTF-8 with a signed-note text part.
+    is_note: bool,
+    /// The parsed text, or the parser's message.
+    parsed: Result<Envelope, String>,
+    /// The leaf hash of the text (zero when there is no text).
+    leaf: Hash,
+}
+
+/// Parses and hashes the note of `e` into `e.prepared`; a pure function
+/// of the note, so it may run on any thread, in any order.
+pub(crate) fn prepare_envelope(e: &mut EnvBuf) {
+    let text = std::str::from_utf8(&e.note).ok().and_then(note_text);
+    e.prepared = Some(PreparedEnv {
+        pin: unverified_first_seq(&e.note),
+        is_note: text.is_some(),
+        // Without a text part the verifier stops at "not a signed note"
+        // before it looks at the parse.
+        parsed: text.map_or_else(
+            || Err(String::new()),
+            |t| Envelope::parse(t).map_err(|err| err.to_string()),
+        ),
+        leaf: text.map_or([0u8; 32], |t| merkle::leaf_hash(t.as_bytes())),
+    });
 }
 
 /// One checkpoint as read from storage.
@@ -330,7 +367,7 @@ impl<'a> ChainVerifier<'a> {
 
     /// Opens the next envelope; returns its last seq, up to which the driver
     /// then feeds rows.
-    pub(crate) fn envelope(&mut self, e: &EnvBuf) -> Result<u64, Bad> {
+    pub(crate) fn envelope(&mut self, e: &mut EnvBuf) -> Result<u64, Bad> {
         let index = self.tree.size();
         if e.leaf_index != index {
             return Err(bad(
@@ -343,37 +380,41 @@ impl<'a> ChainVerifier<'a> {
         }
         // Where to pin a problem with the envelope itself: its own first seq
         // if the (unverified) text says so, else the next expected seq.
-        let pin = unverified_first_seq(&e.note).unwrap_or(self.next_seq);
+        // What depends on the note alone may have been computed ahead.
+        let prepared = e.prepared.take();
+        let pin = match &prepared {
+            Some(p) => p.pin,
+            None => unverified_first_seq(&e.note),
+        }
+        .unwrap_or(self.next_seq);
         // An unknown key version is known now, without a signature check.
         self.keys
             .envelope_keys(e.key_version)
             .map_err(|m| bad(pin, format!("envelope {index}: {m}")))?;
-        let text = match &mut self.sigs {
+        let not_a_note = || bad(pin, format!("envelope {index} is not a signed note"));
+        let text = match &prepared {
+            Some(p) => p.is_note.then_some(""),
+            None => std::str::from_utf8(&e.note).ok().and_then(note_text),
+        };
+        match &mut self.sigs {
             // Head mode: the text is parsed unverified; the newest
             // checkpoint's signature vouches for it through the tree, and a
             // few envelopes per key version are checked at the end.
             None if self.mode == SignatureCheck::Head => {
                 self.env_samples.offer(index, pin, e.key_version, &e.note);
-                std::str::from_utf8(&e.note)
-                    .ok()
-                    .and_then(note_text)
-                    .ok_or_else(|| bad(pin, format!("envelope {index} is not a signed note")))?
+                text.ok_or_else(not_a_note)?;
             }
             // The signature is checked on a worker thread; the text is
             // parsed now, unverified, and a bad signature is reported at the
             // end, pinned to this envelope, if nothing earlier was bad.
             Some(pool) => {
-                let text = std::str::from_utf8(&e.note)
-                    .ok()
-                    .and_then(note_text)
-                    .ok_or_else(|| bad(pin, format!("envelope {index} is not a signed note")))?;
+                text.ok_or_else(not_a_note)?;
                 pool.submit(SigJob {
                     index,
                     pin,
                     version: e.key_version,
                     note: e.note.clone(),
                 });
-                text
             }
             None => {
                 check_envelope_signature(
@@ -385,14 +426,21 @@ impl<'a> ChainVerifier<'a> {
                     &e.note,
                 )?;
                 self.signatures_checked += 1;
-                std::str::from_utf8(&e.note)
-                    .ok()
-                    .and_then(note_text)
-                    .ok_or_else(|| bad(pin, format!("envelope {index} is not a signed note")))?
+                text.ok_or_else(not_a_note)?;
+            }
+        }
+        let (parsed, leaf) = match prepared {
+            Some(p) => (p.parsed, p.leaf),
+            None => {
+                let text = text.unwrap_or_default();
+                (
+                    Envelope::parse(text).map_err(|err| err.to_string()),
+                    merkle::leaf_hash(text.as_bytes()),
+                )
             }
         };
-        let env = Envelope::parse(text)
-            .map_err(|err| bad(pin, format!("envelope {index} is malformed: {err}")))?;
+        let env =
+            parsed.map_err(|err| bad(pin, format!("envelope {index} is malformed: {err}")))?;
         if env.tenant.as_str() != self.tenant {
             return Err(bad(pin, format!("envelope {index} is another tenant's")));
         }
@@ -421,7 +469,6 @@ impl<'a> ChainVerifier<'a> {
                 format!("envelope {index} does not link to the previous envelope"),
             ));
         }
-        let leaf = merkle::leaf_hash(text.as_bytes());
         if let Some(c) = &e.columns {
             let turn_ok = c.turn.as_deref() == env.turn.as_ref().map(|t| t.as_str());
             if !turn_ok
@@ -1025,7 +1072,7 @@ pub(crate) async fn drive<S: Source>(
     }
     progress(0, total_rows);
     while src.next_envelope(&mut env).await? {
-        let last = match v.envelope(&env) {
+        let last = match v.envelope(&mut env) {
             Ok(l) => l,
             Err(b) => return Ok(Err(b)),
         };
@@ -1057,7 +1104,7 @@ pub(crate) async fn drive<S: Source>(
 }
 
 /// The event's leaf hash and the row hash, from the row's own columns.
-fn recompute(tenant: &str, seq: u64, prev: &Hash, event: &[u8]) -> (Hash, Hash) {
+pub(crate) fn recompute(tenant: &str, seq: u64, prev: &Hash, event: &[u8]) -> (Hash, Hash) {
     let leaf = merkle::leaf_hash(event);
     (leaf, format::row_hash(tenant, seq, prev, &leaf))
 }
@@ -1271,6 +1318,7 @@ impl Source for BundleSource<'_> {
         buf.note.clear();
         buf.note.extend_from_slice(e.note.as_bytes());
         buf.columns = None;
+        buf.prepared = None;
         Ok(true)
     }
 
