@@ -378,7 +378,7 @@ fn event_end(buf: &[u8], start: usize, from: usize) -> Option<usize> {
     let mut at = from.max(start);
     while let Some(p) = memchr::memchr(b'\n', buf.get(at..)?) {
         let i = at + p;
-        let lf = i >= start + 1 && buf[i - 1] == b'\n';
+        let lf = i > start && buf[i - 1] == b'\n';
         let crlf = i >= start + 3 && &buf[i - 3..i] == b"\r\n\r";
         if lf || crlf {
             return Some(i + 1);
