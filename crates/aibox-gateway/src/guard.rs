@@ -26,6 +26,7 @@
 //! reload (SIGHUP or the ops API) never blocks or drops a request: requests
 //! in flight keep the guardrail they started with.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -561,8 +562,12 @@ pub(crate) struct StreamGuard {
     /// One scanner per choice index; the turn's vault goes to choice 0.
     scanners: Vec<Option<StreamScanner>>,
     vault: Option<TurnVault>,
-    /// The envelope fields of the last chunk, for a synthesized tail chunk.
+    /// The envelope fields of the first chunk, for a synthesized tail chunk.
     template: Option<Map<String, Value>>,
+    /// The first chunk's payload, parsed into `template` only when a tail
+    /// chunk is synthesized or the answer is held, which most streams
+    /// never need.
+    template_raw: Option<Vec<u8>>,
     events: SharedEvents,
     recorded: bool,
     /// With an output critique: everything the guard would send is kept
@@ -677,6 +682,7 @@ impl StreamGuard {
             scanners: Vec::new(),
             vault: Some(vault),
             template: None,
+            template_raw: None,
             events,
             recorded: false,
             hold_all: None,
@@ -691,13 +697,13 @@ impl StreamGuard {
         if self.scanners.len() <= index {
             self.scanners.resize_with(index + 1, || None);
         }
-        let vault = if index == 0 {
-            self.vault.take().unwrap_or_default()
-        } else {
-            TurnVault::new()
-        };
         let slot = self.scanners.get_mut(index)?;
         if slot.is_none() {
+            let vault = if index == 0 {
+                self.vault.take().unwrap_or_default()
+            } else {
+                TurnVault::new()
+            };
             *slot = Some(StreamScanner::new(
                 self.guardrail.clone(),
                 &self.tenant,
@@ -706,6 +712,25 @@ impl StreamGuard {
             ));
         }
         slot.as_mut()
+    }
+
+    /// Keeps the first chunk's payload as the template's source.
+    fn note_template(&mut self, data: &[u8]) {
+        if self.template.is_none() && self.template_raw.is_none() {
+            self.template_raw = Some(data.to_vec());
+        }
+    }
+
+    /// The envelope fields of the first chunk (`choices` removed).
+    fn template(&mut self) -> Option<Map<String, Value>> {
+        if self.template.is_none()
+            && let Some(raw) = self.template_raw.take()
+            && let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&raw)
+        {
+            doc.remove("choices");
+            self.template = Some(doc);
+        }
+        self.template.clone()
     }
 
     fn record(&mut self) {
@@ -773,7 +798,8 @@ impl StreamGuard {
             if tail.is_empty() {
                 continue;
             }
-            let ev = text_event(self.endpoint, self.template.clone(), i, &tail, None);
+            let template = self.template();
+            let ev = text_event(self.endpoint, template, i, &tail, None);
             out.extend_from_slice(ev.as_bytes());
         }
         self.record();
@@ -793,7 +819,8 @@ struct ChunkRef<'a> {
 }
 
 /// One choice of a [`ChunkRef`]: `delta.content` for chat completions,
-/// `text` for legacy completions.
+/// `text` for legacy completions. The delta stays raw, so that a final
+/// chunk without a text can have one written into it.
 #[derive(serde::Deserialize)]
 struct ChoiceRef<'a> {
     #[serde(default)]
@@ -801,7 +828,7 @@ struct ChoiceRef<'a> {
     #[serde(borrow, default)]
     finish_reason: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    delta: Option<DeltaRef<'a>>,
+    delta: Option<&'a RawValue>,
     #[serde(borrow, default)]
     text: Option<&'a RawValue>,
 }
@@ -809,51 +836,96 @@ struct ChoiceRef<'a> {
 /// The `delta` of a chat choice.
 #[derive(serde::Deserialize)]
 struct DeltaRef<'a> {
-    #[serde(borrow, default)]
+    /// `Some` for any value, `null` included (which must be written over,
+    /// never added to as a second member); `None` only when absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     content: Option<&'a RawValue>,
 }
 
-/// The string a raw JSON value holds, or `None` if it is not a string.
-fn raw_string(raw: &RawValue) -> Option<String> {
+/// A member that is present, whatever its value (`null` included).
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// The string a raw JSON value holds (borrowed when it has no escapes), or
+/// `None` if it is not a string.
+fn raw_string(raw: &RawValue) -> Option<Cow<'_, str>> {
     let s = raw.get();
     let inner = s.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
-        return Some(inner.to_owned());
+        return Some(Cow::Borrowed(inner));
     }
-    serde_json::from_str::<String>(s).ok()
+    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
 }
 
-/// The `data:` payload of one event.
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(d) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-        }
+/// The `data:` payload of one event; borrowed from the event when it has
+/// one `data:` line (the common case), joined with newlines otherwise.
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut lines = event
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            line.strip_suffix(b"\r")
+                .unwrap_or(line)
+                .strip_prefix(b"data:")
+        })
+        .map(|d| d.strip_prefix(b" ").unwrap_or(d));
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(second) = lines.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut data = Vec::with_capacity(event.len());
+    data.extend_from_slice(first);
+    for d in std::iter::once(second).chain(lines) {
+        data.push(b'\n');
+        data.extend_from_slice(d);
     }
-    data
+    Cow::Owned(data)
+}
+
+/// Where a choice's released text goes in a spliced chunk.
+enum Slot {
+    /// Replaces the JSON value at this byte span of the payload.
+    Replace(usize, usize),
+    /// Is written as the first member of the delta object that opens at
+    /// this offset (a final chunk whose delta has no `content`); `bool`:
+    /// the object has other members, so a comma follows.
+    Insert(usize, bool),
+}
+
+/// What the splice path made of a chunk.
+enum Spliced {
+    /// Every text was released as it came (or there was none): the event
+    /// goes out as the upstream sent it.
+    Unchanged,
+    /// The rewritten payload, `data: ` line and blank line included.
+    Rewritten(Bytes),
 }
 
 impl StreamGuard {
     /// The common case of a chunk, rewritten without a JSON tree: every
     /// choice's text runs through its scanner and the released text replaces
     /// the original string at its byte span, so every other byte of the
-    /// upstream's chunk reaches the client unchanged. `None` when the chunk
-    /// needs the general path (no JSON object, an error object, a final
-    /// choice without a text to write into, a multi-line payload, or a shape
-    /// the typed reader refuses, such as a duplicate key); nothing has been
-    /// scanned then, so the general path sees the chunk afresh.
-    fn splice_event(&mut self, data: &[u8]) -> Option<Result<Bytes, Refusal>> {
+    /// upstream's chunk reaches the client unchanged; a chunk whose texts
+    /// are all released as they came is not rewritten at all. `None` when
+    /// the chunk needs the general path (no JSON object, an error object, a
+    /// final choice without a text or delta object to write into, a
+    /// multi-line payload, or a shape the typed reader refuses, such as a
+    /// duplicate key); nothing has been scanned then, so the general path
+    /// sees the chunk afresh.
+    fn splice_event(&mut self, data: &[u8]) -> Option<Result<Spliced, Refusal>> {
         // A newline inside the payload would split the rewritten `data:`
         // line; the general path re-encodes such payloads compactly.
-        if data.contains(&b'\n') {
+        if memchr::memchr(b'\n', data).is_some() {
             return None;
         }
         let text = std::str::from_utf8(data).ok()?;
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
         let chunk: ChunkRef<'_> = serde_json::from_str(text).ok()?;
         if chunk.error.is_some() {
             return None;
@@ -863,71 +935,111 @@ impl StreamGuard {
         // Decide everything before the first scanner step, so that falling
         // back never scans a text twice.
         let base = text.as_ptr() as usize;
-        let mut work: Vec<(usize, (usize, usize), String, bool)> =
-            Vec::with_capacity(choices.len());
+        let span = |raw: &RawValue| -> Option<(usize, usize)> {
+            let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
+            let end = start.checked_add(raw.get().len())?;
+            (text.get(start..end) == Some(raw.get())).then_some((start, end))
+        };
+        let mut work: Vec<(usize, Slot, Cow<'_, str>, bool)> = Vec::with_capacity(choices.len());
         let mut prev_end = 0;
         for c in &choices {
             let last = c.finish_reason.is_some_and(|f| f.get() != "null");
-            let raw = if chat {
-                match &c.delta {
-                    Some(d) => d.content,
-                    None => continue,
-                }
+            let (raw, holder) = if chat {
+                let Some(d) = c.delta else { continue };
+                let delta: DeltaRef<'_> = serde_json::from_str(d.get()).ok()?;
+                (delta.content, Some(d))
             } else {
-                c.text
-            };
-            let Some(raw) = raw else {
-                if last {
-                    return None;
-                }
-                continue;
-            };
-            let Some(s) = raw_string(raw) else {
-                if last {
-                    return None;
-                }
-                continue;
+                (c.text, None)
             };
             let index = c.index.and_then(|i| usize::try_from(i).ok()).unwrap_or(0);
-            // The span of the string within the payload; spans must come
-            // in document order for the splice.
-            let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
-            let end = start.checked_add(raw.get().len())?;
-            if start < prev_end || text.get(start..end) != Some(raw.get()) {
+            let (slot, s) = match raw {
+                Some(raw) => {
+                    let (start, end) = span(raw)?;
+                    match raw_string(raw) {
+                        Some(s) => (Slot::Replace(start, end), s),
+                        // The general path writes the released text over
+                        // a final choice's non-string value too.
+                        None if last => (Slot::Replace(start, end), Cow::Borrowed("")),
+                        None => continue,
+                    }
+                }
+                None if !last => continue,
+                None => {
+                    // A final chat delta without `content` (`{}`): the
+                    // released tail is written into it as its first member.
+                    let d = holder?;
+                    let (start, _) = span(d)?;
+                    let body = d.get().strip_prefix('{')?;
+                    (
+                        Slot::Insert(start, !body.trim_start().starts_with('}')),
+                        Cow::Borrowed(""),
+                    )
+                }
+            };
+            // Slots must come in document order for the splice.
+            let at = match slot {
+                Slot::Replace(start, _) | Slot::Insert(start, _) => start,
+            };
+            if at < prev_end {
                 return None;
             }
-            prev_end = end;
-            work.push((index, (start, end), s, last));
+            prev_end = match slot {
+                Slot::Replace(_, end) => end,
+                Slot::Insert(start, _) => start + 1,
+            };
+            work.push((index, slot, s, last));
         }
-        if self.template.is_none() {
-            // Once per stream: the envelope fields for a synthesized tail.
-            if let Ok(Value::Object(mut doc)) = serde_json::from_str::<Value>(text) {
-                doc.remove("choices");
-                self.template = Some(doc);
-            }
-        }
-        let mut out = String::with_capacity(text.len() + 16);
-        out.push_str("data: ");
+        self.note_template(data);
+        let mut out: Vec<u8> = Vec::new();
         let mut at = 0;
-        for (index, (start, end), s, last) in work {
+        for (index, slot, s, last) in work {
             let released = match self.step(index, &s, last) {
                 Ok(r) => r,
                 Err(refusal) => return Some(Err(refusal)),
             };
-            let (Some(before), Ok(encoded)) =
-                (text.get(at..start), serde_json::to_string(&released))
-            else {
+            if out.is_empty() {
+                if matches!(slot, Slot::Replace(..)) && released == *s {
+                    // Released as it came: nothing to rewrite yet.
+                    continue;
+                }
+                out.reserve(text.len() + released.len() + 24);
+                out.extend_from_slice(b"data: ");
+            }
+            let (start, resume) = match slot {
+                Slot::Replace(start, end) => (start, end),
+                Slot::Insert(start, _) => (start, start + 1),
+            };
+            let Some(before) = text.get(at..start) else {
                 return Some(Err(
                     self.refuse("the streamed answer could not be re-encoded".into())
                 ));
             };
-            out.push_str(before);
-            out.push_str(&encoded);
-            at = end;
+            out.extend_from_slice(before.as_bytes());
+            if let Slot::Insert(_, more) = slot {
+                out.extend_from_slice(b"{\"");
+                out.extend_from_slice(self.text_key().as_bytes());
+                out.extend_from_slice(b"\":");
+                if serde_json::to_writer(&mut out, &released).is_err() {
+                    return Some(Err(
+                        self.refuse("the streamed answer could not be re-encoded".into())
+                    ));
+                }
+                if more {
+                    out.push(b',');
+                }
+            } else if serde_json::to_writer(&mut out, &released).is_err() {
+                return Some(Err(
+                    self.refuse("the streamed answer could not be re-encoded".into())
+                ));
+            }
+            at = resume;
         }
-        out.push_str(text.get(at..).unwrap_or_default());
-        out.push_str("\n\n");
-        Some(Ok(Bytes::from(out)))
+        if out.is_empty() {
+            return Some(Ok(Spliced::Unchanged));
+        }
+        out.extend_from_slice(text.get(at..).unwrap_or_default().as_bytes());
+        out.extend_from_slice(b"\n\n");
+        Some(Ok(Spliced::Rewritten(Bytes::from(out))))
     }
 }
 
@@ -943,6 +1055,18 @@ impl EventRewriter for StreamGuard {
     }
 
     fn event(&mut self, event: &[u8]) -> Result<Bytes, Refusal> {
+        self.rewrite(event, None)
+    }
+
+    fn event_bytes(&mut self, event: Bytes) -> Result<Bytes, Refusal> {
+        self.rewrite(&event, Some(&event))
+    }
+}
+
+impl StreamGuard {
+    /// One event through the guard; `owned` is the event's own buffer, if
+    /// the caller has one, so that an unchanged event is not copied.
+    fn rewrite(&mut self, event: &[u8], owned: Option<&Bytes>) -> Result<Bytes, Refusal> {
         let data = event_data(event);
         if data.trim_ascii() == b"[DONE]" {
             let mut out = self.flush()?;
@@ -950,18 +1074,36 @@ impl EventRewriter for StreamGuard {
             if let Some((mut held, answer)) = self.hold_all.take() {
                 held.extend_from_slice(&out);
                 let text = sse_text(self.endpoint, &held);
+                let template = self.template();
                 if let Ok(mut slot) = answer.lock() {
-                    *slot = Some(HeldAnswer {
-                        text,
-                        template: self.template.clone(),
-                    });
+                    *slot = Some(HeldAnswer { text, template });
                 }
                 return Ok(Bytes::from(held));
             }
             return Ok(Bytes::from(out));
         }
         let out = match self.splice_event(&data) {
-            Some(out) => out?,
+            // The event is exactly `data: PAYLOAD` and its blank line: it
+            // goes out as it came. Other lines (`id:`, comments) are
+            // dropped, as the rewritten form always did.
+            Some(Ok(Spliced::Unchanged))
+                if event.len() == data.len() + 8
+                    && event.starts_with(b"data: ")
+                    && event.ends_with(b"\n\n") =>
+            {
+                owned
+                    .cloned()
+                    .unwrap_or_else(|| Bytes::copy_from_slice(event))
+            }
+            Some(Ok(Spliced::Unchanged)) => {
+                let mut out = Vec::with_capacity(data.len() + 8);
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            }
+            Some(Ok(Spliced::Rewritten(out))) => out,
+            Some(Err(refusal)) => return Err(refusal),
             None => self.tree_event(&data, event)?,
         };
         if let Some((held, _)) = self.hold_all.as_mut() {
@@ -997,7 +1139,7 @@ impl StreamGuard {
             }
             None => Vec::new(),
         };
-        if self.template.is_none() {
+        if self.template.is_none() && self.template_raw.is_none() {
             self.template = Some(doc.clone());
         }
         for c in choices.iter_mut() {

@@ -66,6 +66,15 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint's place in per-endpoint tables.
+    fn slot(self) -> usize {
+        match self {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        }
+    }
+
     fn streams(self) -> bool {
         !matches!(self, Endpoint::Embeddings)
     }
@@ -79,6 +88,8 @@ pub(crate) struct Upstream {
     service_token: Option<(Arc<ClientCredentials>, TokenRequest)>,
     pub(crate) timeouts: Timeouts,
     pub(crate) client: reqwest::Client,
+    /// The endpoints' URLs, parsed once rather than on every request.
+    urls: [Option<reqwest::Url>; 3],
 }
 
 impl Upstream {
@@ -228,7 +239,14 @@ impl Router {
                     });
                 }
             };
+            let urls = [
+                Endpoint::ChatCompletions,
+                Endpoint::Completions,
+                Endpoint::Embeddings,
+            ]
+            .map(|e| reqwest::Url::parse(&format!("{}{}", u.base_url, e.path())).ok());
             upstreams.push(Upstream {
+                urls,
                 name: u.name.clone(),
                 base_url: u.base_url.clone(),
                 auth_header,
@@ -405,10 +423,14 @@ impl Router {
     ) -> Result<Answer, Attempt> {
         let started = Instant::now();
         let deadline = started + up.timeouts.total;
-        let url = format!("{}{}", up.base_url, endpoint.path());
-        let mut req = up
-            .client
-            .post(url)
+        let mut req = match &up.urls[endpoint.slot()] {
+            Some(url) => up.client.post(url.clone()),
+            // Not a URL after all: reqwest reports why when it is sent.
+            None => up
+                .client
+                .post(format!("{}{}", up.base_url, endpoint.path())),
+        };
+        req = req
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::ACCEPT,

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aibox_core::audit::Usage;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use tokio::time::{Instant, Sleep};
@@ -33,10 +33,19 @@ pub struct SseScanner {
 impl SseScanner {
     /// Feeds the next bytes.
     pub fn feed(&mut self, mut bytes: &[u8]) {
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', bytes) {
             if !self.overflow {
-                self.line.extend_from_slice(&bytes[..pos]);
-                self.on_line();
+                if self.line.is_empty() {
+                    // The whole line is in this chunk (the common case):
+                    // inspect it in place rather than copying it.
+                    self.on_line(&bytes[..pos]);
+                } else {
+                    let mut line = std::mem::take(&mut self.line);
+                    line.extend_from_slice(&bytes[..pos]);
+                    self.on_line(&line);
+                    line.clear();
+                    self.line = line;
+                }
             }
             self.line.clear();
             self.overflow = false;
@@ -52,15 +61,15 @@ impl SseScanner {
         }
     }
 
-    fn on_line(&mut self) {
-        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+    fn on_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
         let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.done = true;
-        } else if let Some(u) = memchr(data, b"\"usage\"")
+        } else if let Some(u) = contains(data, b"\"usage\"")
             .then(|| parse_usage(data))
             .flatten()
         {
@@ -79,8 +88,8 @@ impl SseScanner {
     }
 }
 
-fn memchr(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// Extracts `usage` from a JSON response or chunk, if it is a usage object.
@@ -136,6 +145,13 @@ pub fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
 pub trait EventRewriter: Send {
     /// One complete event in, what to forward out.
     fn event(&mut self, event: &[u8]) -> Result<Bytes, Refusal>;
+
+    /// The same, given the event's own bytes: a rewriter that leaves an
+    /// event as it is returns them (a reference count, not a copy). The
+    /// relay calls this one.
+    fn event_bytes(&mut self, event: Bytes) -> Result<Bytes, Refusal> {
+        self.event(&event)
+    }
 
     /// The stream broke before `[DONE]`: what may still be released of the
     /// text held back, before the error event goes out.
@@ -240,13 +256,51 @@ pub struct Relay {
 /// are never parsed.
 #[derive(Debug, Default)]
 pub struct UsageEventFilter {
-    buf: Vec<u8>,
+    /// The start of an event whose end has not arrived yet.
+    buf: BytesMut,
+    /// How many bytes of `buf` were already searched for an event's end,
+    /// so that an event arriving in many pieces is not rescanned for each.
+    searched: usize,
+}
+
+/// What one chunk turns into: usually one piece (the chunk itself, or the
+/// rewriter's answer to its one event), returned without copying; only
+/// several pieces are joined.
+#[derive(Default)]
+struct Output {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Output {
+    fn push(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        match self.joined.as_mut() {
+            Some(j) => j.extend_from_slice(&piece),
+            None if self.first.is_empty() => self.first = piece,
+            None => {
+                let mut j = BytesMut::with_capacity(2 * (self.first.len() + piece.len()));
+                j.extend_from_slice(&self.first);
+                j.extend_from_slice(&piece);
+                self.joined = Some(j);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self.joined {
+            Some(j) => j.freeze(),
+            None => self.first,
+        }
+    }
 }
 
 impl UsageEventFilter {
     /// Takes the next bytes and returns what may be forwarded now.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        match self.push_through(chunk, true, None) {
+        match self.push_through(Bytes::copy_from_slice(chunk), true, None) {
             Ok(b) | Err((b, _)) => b,
         }
     }
@@ -254,70 +308,132 @@ impl UsageEventFilter {
     /// Cuts at event boundaries; drops usage-only events when `hide_usage`;
     /// passes each remaining event through `rewriter`. On a refusal, returns
     /// what was released before it and the refusal; the rest is discarded.
+    ///
+    /// Events are slices of the chunk (or of the partial event held from
+    /// the previous chunks joined with it), so an event forwarded as it is
+    /// costs no copy, and consecutive forwarded events go out as one slice.
     fn push_through(
         &mut self,
-        chunk: &[u8],
+        chunk: Bytes,
         hide_usage: bool,
         mut rewriter: Option<&mut Box<dyn EventRewriter>>,
     ) -> Result<Bytes, (Bytes, Refusal)> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(self.buf.len());
+        let (src, mut from) = if self.buf.is_empty() {
+            (chunk, 0)
+        } else {
+            self.buf.extend_from_slice(&chunk);
+            (self.buf.split().freeze(), self.searched)
+        };
+        self.searched = 0;
+        let mut out = Output::default();
         let mut start = 0;
-        while let Some(end) = event_end(&self.buf[start..]) {
-            let event = &self.buf[start..start + end];
-            start += end;
-            if hide_usage && is_usage_only(event) {
+        // The start of a run of events forwarded as they are.
+        let mut run: Option<usize> = None;
+        while let Some(end) = event_end(&src, start, from) {
+            let event = src.slice(start..end);
+            let at = start;
+            start = end;
+            from = end;
+            if hide_usage && is_usage_only(&event) {
+                if let Some(r) = run.take() {
+                    out.push(src.slice(r..at));
+                }
                 continue;
             }
             match rewriter.as_mut() {
-                Some(r) => match r.event(event) {
-                    Ok(b) => out.extend_from_slice(&b),
+                Some(r) => match r.event_bytes(event) {
+                    Ok(b) => out.push(b),
                     Err(refusal) => {
                         self.buf.clear();
-                        return Err((Bytes::from(out), refusal));
+                        return Err((out.finish(), refusal));
                     }
                 },
-                None => out.extend_from_slice(event),
+                None => {
+                    run.get_or_insert(at);
+                }
             }
         }
-        self.buf.drain(..start);
-        Ok(Bytes::from(out))
+        if let Some(r) = run {
+            out.push(src.slice(r..start));
+        }
+        if start < src.len() {
+            self.buf.extend_from_slice(&src[start..]);
+            self.searched = src.len() - start;
+        }
+        Ok(out.finish())
     }
 
     /// Returns whatever is left (an unterminated event) at the end.
     pub fn finish(&mut self) -> Bytes {
-        Bytes::from(std::mem::take(&mut self.buf))
+        self.searched = 0;
+        self.buf.split().freeze()
     }
 }
 
-/// The length of the first complete event including its blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// The end (exclusive) of the first complete event in `buf` starting at
+/// `start`, blank line included: the first `\n\n` or `\r\n\r\n` that lies
+/// within the event. Line ends before `from` were already searched (an
+/// event's end is found at its last `\n`, so looking back is enough).
+fn event_end(buf: &[u8], start: usize, from: usize) -> Option<usize> {
+    let mut at = from.max(start);
+    while let Some(p) = memchr::memchr(b'\n', buf.get(at..)?) {
+        let i = at + p;
+        let lf = i > start && buf[i - 1] == b'\n';
+        let crlf = i >= start + 3 && &buf[i - 3..i] == b"\r\n\r";
+        if lf || crlf {
+            return Some(i + 1);
+        }
+        at = i + 1;
     }
+    None
 }
 
 fn is_usage_only(event: &[u8]) -> bool {
-    if !memchr(event, b"\"usage\"") {
+    if !contains(event, b"\"usage\"") {
         return false;
     }
-    let mut data = Vec::new();
+    // Upstreams asked for usage put `"usage":null` in every chunk, so this
+    // runs for every event: read only the two members, borrowed, rather
+    // than building a JSON tree of the chunk.
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        choices: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, default)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    let mut data: Vec<u8> = Vec::new();
+    let mut single: Option<&[u8]> = None;
+    let mut lines = 0;
     for line in event.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(d) = line.strip_prefix(b"data:") {
-            data.extend_from_slice(d.trim_ascii());
+            let d = d.trim_ascii();
+            lines += 1;
+            if lines == 1 {
+                single = Some(d);
+            } else {
+                if let Some(first) = single.take() {
+                    data.extend_from_slice(first);
+                }
+                data.extend_from_slice(d);
+            }
         }
     }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+    let data = single.unwrap_or(&data);
+    // Only an object is a chunk (the typed reader would take an array too).
+    if !data.trim_ascii_start().starts_with(b"{") {
+        return false;
+    }
+    let Ok(p) = serde_json::from_slice::<Probe<'_>>(data) else {
         return false;
     };
-    v.get("choices")
-        .and_then(serde_json::Value::as_array)
-        .is_some_and(Vec::is_empty)
-        && v.get("usage").is_some_and(serde_json::Value::is_object)
+    let empty_array = |raw: &serde_json::value::RawValue| {
+        raw.get()
+            .strip_prefix('[')
+            .is_some_and(|r| r.trim_start().starts_with(']'))
+    };
+    p.choices.is_some_and(empty_array) && p.usage.is_some_and(|u| u.get().starts_with('{'))
 }
 
 impl Relay {
@@ -360,7 +476,7 @@ impl Relay {
     /// rewriter when there are any.
     fn pass(&mut self, chunk: Bytes) -> Result<Bytes, (Bytes, Refusal)> {
         match self.filter.as_mut() {
-            Some(f) => f.push_through(&chunk, self.hide_usage, self.rewriter.as_mut()),
+            Some(f) => f.push_through(chunk, self.hide_usage, self.rewriter.as_mut()),
             None => Ok(chunk),
         }
     }
@@ -656,6 +772,98 @@ mod tests {
                 "usage event kept at chunk size {size}: {out}"
             );
         }
+    }
+
+    /// The event cut before issue 5's rewrite: a search of the whole
+    /// buffer for each boundary. The incremental search must agree.
+    fn old_event_end(buf: &[u8]) -> Option<usize> {
+        let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+        let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        match (lf, crlf) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    #[test]
+    fn issue_5_incremental_event_cut_matches_the_whole_buffer_search() {
+        let text: &[u8] = b"data: a\n\ndata: b\r\n\r\n: c\n\r\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n\r\n\r\n\n\ndata: d\r\n\ndata: [DONE]\n\ntail";
+        let mut expected = Vec::new();
+        let mut rest = text;
+        while let Some(e) = old_event_end(rest) {
+            expected.push(rest[..e].to_vec());
+            rest = &rest[e..];
+        }
+        for size in 1..=text.len() {
+            // Without hiding usage or rewriting, the output is the input.
+            let mut f = UsageEventFilter::default();
+            let mut out = Vec::new();
+            let mut cuts = Vec::new();
+            for piece in text.chunks(size) {
+                let b = f
+                    .push_through(Bytes::copy_from_slice(piece), false, None)
+                    .unwrap();
+                out.extend_from_slice(&b);
+                cuts.push(out.len());
+            }
+            out.extend_from_slice(&f.finish());
+            assert_eq!(out, text, "chunk size {size}");
+            // Every forwarded piece ends at an event boundary.
+            let mut bounds = vec![0];
+            for e in &expected {
+                bounds.push(bounds.last().unwrap() + e.len());
+            }
+            for c in &cuts {
+                assert!(bounds.contains(c), "chunk size {size}: cut at {c}");
+            }
+            // The rewriter sees exactly the events of the whole-buffer search.
+            struct Collect(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+            impl EventRewriter for Collect {
+                fn event(&mut self, event: &[u8]) -> Result<Bytes, Refusal> {
+                    self.0.lock().unwrap().push(event.to_vec());
+                    Ok(Bytes::copy_from_slice(event))
+                }
+            }
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut r: Box<dyn EventRewriter> = Box::new(Collect(seen.clone()));
+            let mut f = UsageEventFilter::default();
+            for piece in text.chunks(size) {
+                f.push_through(Bytes::copy_from_slice(piece), false, Some(&mut r))
+                    .unwrap();
+            }
+            assert_eq!(*seen.lock().unwrap(), expected, "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn issue_5_usage_only_events_are_recognised_without_a_json_tree() {
+        assert!(is_usage_only(
+            b"data: {\"id\":\"x\",\"choices\": [ ],\"usage\": {\"total_tokens\":3}}\n\n"
+        ));
+        assert!(is_usage_only(
+            b"data: {\"choices\":[],\r\ndata: \"usage\":{}}\r\n\r\n"
+        ));
+        for not in [
+            &b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n"[..],
+            b"data: {\"choices\":[],\"usage\":null}\n\n",
+            b"data: {\"usage\":{\"total_tokens\":3}}\n\n",
+            b"data: [[],{\"usage\":{}}]\n\n",
+            b"data: {\"choices\":[],\"usage\":{},\"usage\":{}}\n\n",
+            b": usage\n\n",
+        ] {
+            assert!(!is_usage_only(not), "{}", String::from_utf8_lossy(not));
+        }
+    }
+
+    #[test]
+    fn issue_5_a_whole_chunk_passes_without_a_copy() {
+        let chunk = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: x\n\n",
+        );
+        let mut f = UsageEventFilter::default();
+        let out = f.push_through(chunk.clone(), true, None).unwrap();
+        assert_eq!(out, chunk);
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
     }
 
     #[test]

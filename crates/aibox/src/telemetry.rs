@@ -129,11 +129,18 @@ pub fn init(cfg: &Config) -> anyhow::Result<Telemetry> {
                     .with_target(aibox_gateway::mcp::CLIENT_SPAN_TARGET, tracing::Level::INFO),
             )
     });
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    // Without traces the OpenTelemetry layer is left out rather than added
+    // as `None`: an absent `Option` layer is "interested" in every span and
+    // event, which makes the registry create every `info` span (one per
+    // request and model call) even when the log level filters them all out.
+    match otel {
+        Some(otel) => tracing_subscriber::registry()
+            .with(fmt)
+            .with(otel)
+            .try_init(),
+        None => tracing_subscriber::registry().with(fmt).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     if cfg.telemetry.traces {
         tracing::info!(
             endpoint = %cfg.telemetry.otlp_endpoint,
