@@ -178,6 +178,11 @@ impl StageTally {
     }
 }
 
+/// Why an answer the guardrail could not read was withheld.
+const UNREADABLE_ANSWER: &str = "the upstream's answer is not JSON that aibox can read (for example a lone \
+     UTF-16 surrogate escape or NaN), so the guardrail could not scan it and it was withheld; \
+     check the model server behind this model's upstream (upstreams[].base_url)";
+
 /// A refusal with the verdict events recorded so far.
 #[derive(Debug)]
 pub(crate) struct Blocked {
@@ -339,7 +344,18 @@ pub(crate) fn scan_output(
         return Ok((body, Vec::new()));
     }
     let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&body) else {
-        return Ok((body, Vec::new()));
+        // A successful answer aibox cannot read may still be read by a more
+        // lenient client (a lone surrogate escape, `NaN`), text and all, so
+        // it is withheld rather than released unscanned.
+        return Err(Blocked {
+            error: ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_invalid_response",
+                UNREADABLE_ANSWER,
+            ),
+            events: Vec::new(),
+        });
     };
     let mut tally = StageTally::default();
     let mut changed = false;
@@ -957,6 +973,10 @@ impl StreamGuard {
                     let (start, end) = span(raw)?;
                     match raw_string(raw) {
                         Some(s) => (Slot::Replace(start, end), s),
+                        // A string serde_json cannot decode (a lone
+                        // surrogate escape): the general path refuses it,
+                        // since a lenient client would still read it.
+                        None if raw.get().starts_with('"') => return None,
                         // The general path writes the released text over
                         // a final choice's non-string value too.
                         None if last => (Slot::Replace(start, end), Cow::Borrowed("")),
@@ -1124,8 +1144,14 @@ impl StreamGuard {
     /// The general path: the chunk as a JSON tree, re-encoded compactly.
     fn tree_event(&mut self, data: &[u8], event: &[u8]) -> Result<Bytes, Refusal> {
         let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(data) else {
-            // Comments, keep-alives and non-JSON events carry no answer text.
-            return Ok(Bytes::copy_from_slice(event));
+            // Comments and keep-alives carry no `data:` and no answer text.
+            // Any other payload aibox cannot read as a JSON object might
+            // still be read by a lenient client (a lone surrogate escape,
+            // `NaN`), so it ends the stream instead of passing unscanned.
+            if data.trim_ascii().is_empty() {
+                return Ok(Bytes::copy_from_slice(event));
+            }
+            return Err(self.refuse(UNREADABLE_ANSWER.into()));
         };
         if doc.contains_key("error") {
             return Ok(Bytes::copy_from_slice(event));
@@ -1478,6 +1504,68 @@ mod tests {
         out.extend_from_slice(&g.event(b"data: [DONE]\n\n").unwrap());
         assert_eq!(released(&out), text);
         assert!(out.ends_with(b"data: [DONE]\n\n"));
+    }
+
+    /// A lone surrogate escape makes a chunk unreadable for serde_json while
+    /// Python's json (the openai SDK) reads it, secret and all; such text
+    /// must end the stream, never pass unscanned. Likewise for a complete
+    /// answer and for other payloads that are not JSON objects.
+    #[test]
+    fn issue_5_unreadable_answers_are_withheld_not_passed_unscanned() {
+        let key = "AKIAQ3EGRDQYB7NXPL2Q";
+        let lone = format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"the key is {key} \\ud800\"}},\"finish_reason\":null}}]}}\n\n"
+        );
+        for event in [
+            lone.clone().into_bytes(),
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":NaN}}}}]}} {key}\n\n"
+            )
+            .into_bytes(),
+            format!("data: not json {key}\n\n").into_bytes(),
+        ] {
+            let events = SharedEvents::default();
+            let mut g = StreamGuard::new(
+                guard(),
+                "t",
+                Endpoint::ChatCompletions,
+                TurnVault::new(),
+                events.clone(),
+            );
+            let out = g.event(&event);
+            assert!(
+                out.is_err(),
+                "{} passed: {:?}",
+                String::from_utf8_lossy(&event),
+                out.map(|b| String::from_utf8_lossy(&b).into_owned())
+            );
+        }
+        // A keep-alive comment still passes.
+        let mut g = StreamGuard::new(
+            guard(),
+            "t",
+            Endpoint::ChatCompletions,
+            TurnVault::new(),
+            SharedEvents::default(),
+        );
+        assert_eq!(
+            &g.event(b": keep-alive\n\n").unwrap()[..],
+            b": keep-alive\n\n"
+        );
+
+        let body = format!(
+            "{{\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"the key is {key} \\ud800\"}}}}]}}"
+        );
+        let blocked = scan_output(
+            &guard(),
+            "t",
+            Endpoint::ChatCompletions,
+            Bytes::from(body),
+            &mut TurnVault::new(),
+        )
+        .expect_err("an unreadable answer is withheld");
+        assert_eq!(blocked.error.code(), "upstream_invalid_response");
+        assert!(!blocked.error.to_string().contains(key));
     }
 
     #[test]

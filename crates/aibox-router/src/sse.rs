@@ -21,6 +21,10 @@ use tokio::time::{Instant, Sleep};
 /// upstream cannot make the scanner buffer without bound.
 const MAX_LINE: usize = 1 << 20;
 
+/// The largest unterminated event the relay holds while it waits for the
+/// event's end (with a rewriter or usage filter); beyond it the stream ends.
+const MAX_EVENT_BYTES: usize = 8 << 20;
+
 /// Watches an SSE byte stream.
 #[derive(Debug, Default)]
 pub struct SseScanner {
@@ -363,6 +367,11 @@ impl UsageEventFilter {
         Ok(out.finish())
     }
 
+    /// How many bytes of an unterminated event are held.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Returns whatever is left (an unterminated event) at the end.
     pub fn finish(&mut self) -> Bytes {
         self.searched = 0;
@@ -515,7 +524,18 @@ impl Relay {
     }
 
     fn fail(&mut self, message: String, code: &str) -> Poll<Option<Result<Bytes, std::io::Error>>> {
-        let mut joined = self.rest().to_vec();
+        self.fail_after(Bytes::new(), message, code)
+    }
+
+    /// Like [`Relay::fail`], after sending `released` (events that passed).
+    fn fail_after(
+        &mut self,
+        released: Bytes,
+        message: String,
+        code: &str,
+    ) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        let mut joined = released.to_vec();
+        joined.extend_from_slice(&self.rest());
         // Text a rewriter held back was received: release what passes it,
         // then report the failure (or the rewriter's refusal instead).
         if let Some(r) = self.rewriter.as_mut() {
@@ -590,6 +610,28 @@ impl Stream for Relay {
                 this.bytes += chunk.len() as u64;
                 this.idle_until = (Instant::now() + this.idle).min(this.deadline);
                 let out = match this.pass(chunk) {
+                    Ok(out)
+                        if this
+                            .filter
+                            .as_ref()
+                            .is_some_and(|f| f.pending() > MAX_EVENT_BYTES) =>
+                    {
+                        // An event that never ends would grow the buffer
+                        // until the total timeout; its start is dropped (it
+                        // was never scanned), what came before it goes out.
+                        if let Some(f) = this.filter.as_mut() {
+                            f.finish();
+                        }
+                        return this.fail_after(
+                            out,
+                            format!(
+                                "the upstream sent a stream event larger than {} MiB without ending it; \
+                                 the stream was ended",
+                                MAX_EVENT_BYTES >> 20
+                            ),
+                            "upstream_stream_error",
+                        );
+                    }
                     Ok(out) => out,
                     Err((released, refusal)) => {
                         let mut joined = released.to_vec();
@@ -699,6 +741,56 @@ use sha2::{Digest as _, Sha256};
 
 #[cfg(test)]
 mod tests {
+
+    /// An upstream that streams one event and then an event that never
+    /// ends: the relay stops holding it at MAX_EVENT_BYTES and ends the
+    /// stream with an error event instead of growing until the total
+    /// timeout (found in session 5's review of the stream path).
+    #[tokio::test]
+    async fn issue_9_an_event_that_never_ends_is_bounded() {
+        use futures_util::StreamExt as _;
+        let first = Bytes::from_static(b"data: {\"choices\":[]}\n\n");
+        // 24 MiB in all, then the upstream closes (so the test ends either way).
+        let endless = (0..384).map(|_| Ok::<_, reqwest::Error>(Bytes::from(vec![b'x'; 64 * 1024])));
+        let inner = futures_util::stream::iter(std::iter::once(Ok(first)).chain(endless)).boxed();
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = ended.clone();
+        let mut relay = Relay::new(
+            inner,
+            Duration::from_secs(30),
+            Instant::now() + Duration::from_secs(30),
+            Box::new(move |summary| {
+                *seen.lock().unwrap() = Some(summary.end);
+                None
+            }),
+            true,
+        );
+        let mut out = Vec::new();
+        while let Some(piece) = relay.next().await {
+            out.extend_from_slice(&piece.unwrap());
+            assert!(out.len() < 2 * MAX_EVENT_BYTES, "the relay kept forwarding");
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("data: {\"choices\":[]}\n\n"),
+            "{}",
+            &text[..80.min(text.len())]
+        );
+        assert!(
+            text.contains("upstream_stream_error"),
+            "{}",
+            &text[..200.min(text.len())]
+        );
+        assert!(
+            !text.contains("xxxx"),
+            "the unterminated event was forwarded"
+        );
+        assert!(matches!(
+            *ended.lock().unwrap(),
+            Some(StreamEnd::UpstreamFailed(_))
+        ));
+    }
+
     use super::*;
 
     #[test]
