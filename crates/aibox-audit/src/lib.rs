@@ -98,5 +98,5 @@ pub mod note;
 pub use checkpoint::{Checkpoint, CheckpointError, origin_for_tenant};
 pub use envelope::{Envelope, EnvelopeError, open_envelope, verify_envelope};
 pub use keys::{AuditKeyMaterial, KeyError, KeyPurpose, TenantKeys};
-pub use merkle::{Hash, ProofError, Tree};
+pub use merkle::{CoarseTree, Frontier, Hash, ProofError, Tree};
 pub use note::{NoteError, NoteSigner, NoteVerifier, OpenedNote};

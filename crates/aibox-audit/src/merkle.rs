@@ -16,10 +16,16 @@
 //! length that the tree sizes imply: a proof with an extra or a missing
 //! element is refused even where the arithmetic could be made to work out.
 //!
-//! Two ways to produce proofs exist: the free functions over a slice of leaf
-//! hashes (simple, linear time, the reference) and [`Tree`], which keeps every
-//! full subtree hash so that roots and proofs for any historical size take
-//! `O(log² n)` hashes.
+//! Three ways to produce proofs exist: the free functions over a slice of
+//! leaf hashes (simple, linear time, the reference); [`Tree`], which keeps
+//! every full subtree hash so that roots and proofs for any historical size
+//! take `O(log² n)` hashes; and [`CoarseTree`], which keeps only the subtrees
+//! of at least `2^shift` leaves and asks its caller for the few leaf hashes
+//! below that level, so a reader's memory is a fraction of the leaves'.
+//!
+//! [`Frontier`] appends without proofs: it keeps only the right edge of the
+//! tree (one hash per set bit of the size), which is all that appending and
+//! the root of the current size need, in `O(log n)` memory.
 
 use sha2::{Digest, Sha256};
 
@@ -608,6 +614,278 @@ impl Tree {
     }
 }
 
+impl Tree {
+    /// The stored root of the full subtree of `2^level` leaves that starts
+    /// at leaf `index * 2^level`.
+    fn node(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels
+            .get(usize::try_from(level).ok()?)?
+            .get(usize::try_from(index).ok()?)
+            .copied()
+    }
+}
+
+/// The right edge of an append-only Merkle tree: the roots of the full
+/// subtrees that the tree splits into (one per set bit of its size, largest
+/// first) and the last leaf hash.
+///
+/// Appending a leaf merges the equal-sized subtrees at the edge, like a
+/// binary counter's carry, so memory is `O(log n)` hashes (at most 64) and
+/// each append takes amortised one node hash. This is all a log writer
+/// needs: the root of the current size for its checkpoint and the last leaf
+/// to chain the next envelope to. Proofs need more and come from [`Tree`]
+/// or [`CoarseTree`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// Full subtree roots, leftmost (largest) first.
+    peaks: Vec<Hash>,
+    last_leaf: Option<Hash>,
+}
+
+impl Frontier {
+    /// The frontier of the empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The frontier of the tree of the given leaf hashes, in order.
+    pub fn from_leaf_hashes(leaf_hashes: impl IntoIterator<Item = Hash>) -> Self {
+        let mut f = Self::new();
+        f.extend(leaf_hashes);
+        f
+    }
+
+    /// The number of leaves appended.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The hash of the last leaf appended, if any.
+    pub fn last_leaf_hash(&self) -> Option<Hash> {
+        self.last_leaf
+    }
+
+    /// Appends a leaf by its data and returns its index.
+    pub fn push_leaf(&mut self, data: &[u8]) -> u64 {
+        self.push_leaf_hash(leaf_hash(data))
+    }
+
+    /// Appends a leaf by its leaf hash and returns its index.
+    pub fn push_leaf_hash(&mut self, hash: Hash) -> u64 {
+        let index = self.size;
+        let mut carry = hash;
+        // Each trailing one bit of the old size is a full subtree of the
+        // same size as the carry; merging them is what makes the new size's
+        // bit pattern.
+        let mut bits = index;
+        while bits & 1 == 1 {
+            let Some(left) = self.peaks.pop() else {
+                break;
+            };
+            carry = node_hash(&left, &carry);
+            bits >>= 1;
+        }
+        self.peaks.push(carry);
+        self.size = index.wrapping_add(1);
+        self.last_leaf = Some(hash);
+        index
+    }
+
+    /// Appends leaves by their leaf hashes, in order.
+    pub fn extend(&mut self, leaf_hashes: impl IntoIterator<Item = Hash>) {
+        for h in leaf_hashes {
+            self.push_leaf_hash(h);
+        }
+    }
+
+    /// The root of the tree of every leaf appended.
+    pub fn root(&self) -> Hash {
+        let mut iter = self.peaks.iter().rev();
+        let Some(last) = iter.next() else {
+            return empty_root();
+        };
+        let mut acc = *last;
+        for left in iter {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
+/// An append-only Merkle tree that stores only the full subtrees of at
+/// least `2^shift` leaves ("blocks" and everything above them) and asks the
+/// caller for the leaf hashes below that level.
+///
+/// Memory is `64 / 2^shift` bytes per leaf (a quarter byte per leaf at
+/// `shift` 8), instead of [`Tree`]'s 64. Any root, inclusion or consistency
+/// proof then needs leaf hashes from at most two blocks: for an inclusion
+/// proof of leaf `i` in a tree of `n` leaves, block `i >> shift` and block
+/// `(n - 1) >> shift`; for a consistency proof from `m` to `n`, blocks
+/// `(m - 1) >> shift` and `(n - 1) >> shift` (see [`CoarseTree::proof_blocks`]).
+/// The last block of a size that is not a multiple of `2^shift` is partial and
+/// is never stored here; its leaves always come from the caller.
+///
+/// The caller supplies leaves through a function from an aligned range
+/// `[start, end)` narrower than a block to the Merkle tree hash of those
+/// leaves, or `None` when it does not have them, which makes the proof fail
+/// with [`ProofError::BeyondTree`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoarseTree {
+    shift: u32,
+    /// Leaf `b` of this tree is the root of block `b`.
+    blocks: Tree,
+}
+
+impl CoarseTree {
+    /// The largest `shift` accepted: blocks of `2^32` leaves.
+    pub const MAX_SHIFT: u32 = 32;
+
+    /// An empty tree with blocks of `2^shift` leaves (`shift` is capped at
+    /// [`Self::MAX_SHIFT`]).
+    pub fn new(shift: u32) -> Self {
+        Self {
+            shift: shift.min(Self::MAX_SHIFT),
+            blocks: Tree::new(),
+        }
+    }
+
+    /// The base-two logarithm of the block width.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// The number of leaves in one block.
+    pub fn block_len(&self) -> u64 {
+        1u64 << self.shift
+    }
+
+    /// The number of complete blocks stored.
+    pub fn complete_blocks(&self) -> u64 {
+        self.blocks.size()
+    }
+
+    /// The number of leaves the stored blocks cover.
+    pub fn covered_leaves(&self) -> u64 {
+        self.blocks.size() << self.shift
+    }
+
+    /// Appends the next block, given the leaf hashes of its `2^shift`
+    /// leaves; a slice of any other length is refused and nothing changes.
+    pub fn push_block(&mut self, leaf_hashes: &[Hash]) -> Result<(), ProofError> {
+        if leaf_hashes.len() as u64 != self.block_len() {
+            return Err(ProofError::WrongLength {
+                expected: usize::try_from(self.block_len()).unwrap_or(usize::MAX),
+                got: leaf_hashes.len(),
+            });
+        }
+        self.blocks.push_leaf_hash(root(leaf_hashes));
+        Ok(())
+    }
+
+    /// The blocks whose leaves a proof at `size` for leaf (or old tree end)
+    /// `index` may need: the block of `index` and the block of the tree's
+    /// last leaf (equal when they coincide). For a consistency proof from
+    /// `m`, pass `m - 1` as `index`.
+    pub fn proof_blocks(&self, index: u64, size: u64) -> [u64; 2] {
+        [index >> self.shift, size.saturating_sub(1) >> self.shift]
+    }
+
+    /// The root of the tree as it was when it had `size` leaves.
+    pub fn root_at(
+        &self,
+        size: u64,
+        leaves: impl Fn(u64, u64) -> Option<Hash>,
+    ) -> Result<Hash, ProofError> {
+        self.range_hash(0, size, &leaves)
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+        leaves: impl Fn(u64, u64) -> Option<Hash>,
+    ) -> Result<Vec<Hash>, ProofError> {
+        check_inclusion_args(index, size, u64::MAX)?;
+        let mut out = Vec::with_capacity(64);
+        path(
+            index,
+            0,
+            size,
+            &|a, b| self.range_hash(a, b, &leaves),
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    /// The consistency proof from the tree of `old_size` leaves to the tree
+    /// of `new_size` leaves. Equal sizes give the empty proof.
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+        leaves: impl Fn(u64, u64) -> Option<Hash>,
+    ) -> Result<Vec<Hash>, ProofError> {
+        check_consistency_args(old_size, new_size, u64::MAX)?;
+        let mut out = Vec::with_capacity(64);
+        subproof(
+            old_size,
+            0,
+            new_size,
+            true,
+            &|a, b| self.range_hash(a, b, &leaves),
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    /// The Merkle tree hash of leaves `[start, end)`, split as in
+    /// [`Tree`]'s `range_hash` into aligned full subtrees of decreasing
+    /// size: those of a block or more come from the stored blocks, smaller
+    /// ones from the caller.
+    fn range_hash(
+        &self,
+        start: u64,
+        end: u64,
+        leaves: &impl Fn(u64, u64) -> Option<Hash>,
+    ) -> Result<Hash, ProofError> {
+        let missing = ProofError::BeyondTree {
+            size: end,
+            tree_size: self.covered_leaves(),
+        };
+        if start >= end {
+            return if start == end && start == 0 {
+                Ok(empty_root())
+            } else {
+                Err(missing)
+            };
+        }
+        let mut chunks: Vec<Hash> = Vec::with_capacity(64);
+        let mut p = start;
+        while p < end {
+            let h = 63 - (end - p).leading_zeros();
+            let width = 1u64 << h;
+            if !p.is_multiple_of(width) {
+                return Err(missing);
+            }
+            let node = if h >= self.shift {
+                self.blocks.node(h - self.shift, p >> h)
+            } else {
+                leaves(p, p + width)
+            };
+            chunks.push(node.ok_or_else(|| missing.clone())?);
+            p += width;
+        }
+        let mut iter = chunks.iter().rev();
+        let mut acc = *iter.next().ok_or(missing)?;
+        for left in iter {
+            acc = node_hash(left, &acc);
+        }
+        Ok(acc)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,5 +1052,190 @@ mod tests {
         let h = leaf_hash(b"");
         assert!(verify_inclusion(&h, u64::MAX - 1, u64::MAX, &[h], &h).is_err());
         assert!(verify_consistency(u64::MAX - 1, u64::MAX, &h, &h, &[h]).is_err());
+    }
+
+    /// A deterministic pseudo-random sequence (xorshift64*), so that the
+    /// property tests below cover many sizes reproducibly without a
+    /// dependency.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn issue_9_frontier_matches_the_full_tree_at_every_size() {
+        // Every size up to 1100 (several carries through ten levels), one
+        // leaf at a time, checked against the full tree and the reference.
+        let all = leaves(1100);
+        let mut frontier = Frontier::new();
+        let mut tree = Tree::new();
+        assert_eq!(frontier.root(), empty_root());
+        assert_eq!(frontier.last_leaf_hash(), None);
+        for (i, h) in all.iter().enumerate() {
+            assert_eq!(frontier.push_leaf_hash(*h), i as u64);
+            tree.push_leaf_hash(*h);
+            let n = i as u64 + 1;
+            assert_eq!(frontier.size(), n);
+            assert_eq!(frontier.root(), tree.root(), "root at {n}");
+            assert_eq!(frontier.last_leaf_hash(), Some(*h));
+            // The edge holds one hash per set bit of the size, no more.
+            assert_eq!(frontier.peaks.len() as u32, n.count_ones(), "peaks at {n}");
+            if n <= 70 {
+                assert_eq!(frontier.root(), root(&all[..i + 1]));
+            }
+        }
+        // Built in one go or in chunks, the frontier is the same.
+        let mut chunked = Frontier::new();
+        for chunk in all.chunks(37) {
+            chunked.extend(chunk.iter().copied());
+        }
+        assert_eq!(chunked, frontier);
+        assert_eq!(Frontier::from_leaf_hashes(all.iter().copied()), frontier);
+    }
+
+    #[test]
+    fn issue_9_frontier_matches_the_full_tree_at_random_sizes() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..40 {
+            let n = xorshift(&mut state) % 5000;
+            let all: Vec<Hash> = (0..n)
+                .map(|_| leaf_hash(&xorshift(&mut state).to_le_bytes()))
+                .collect();
+            let frontier = Frontier::from_leaf_hashes(all.iter().copied());
+            let tree = Tree::from_leaf_hashes(all.iter().copied());
+            assert_eq!(frontier.size(), n);
+            assert_eq!(frontier.root(), tree.root(), "size {n}");
+            assert_eq!(frontier.last_leaf_hash(), all.last().copied());
+        }
+    }
+
+    /// A coarse tree over `all` with blocks of `2^shift` leaves, and a leaf
+    /// source that serves only the two blocks a proof may need.
+    fn coarse(all: &[Hash], shift: u32, size: u64) -> CoarseTree {
+        let mut t = CoarseTree::new(shift);
+        let full = (size >> shift) << shift;
+        for block in all[..full as usize].chunks(1 << shift) {
+            t.push_block(block).unwrap();
+        }
+        t
+    }
+
+    fn serve<'a>(
+        all: &'a [Hash],
+        shift: u32,
+        allowed: [u64; 2],
+        size: u64,
+    ) -> impl Fn(u64, u64) -> Option<Hash> + 'a {
+        move |a, b| {
+            assert!(b - a < 1 << shift, "asked for [{a}, {b}) at shift {shift}");
+            assert!(b <= size, "asked for [{a}, {b}) beyond {size}");
+            if !allowed.contains(&(a >> shift)) {
+                return None;
+            }
+            Some(root(&all[a as usize..b as usize]))
+        }
+    }
+
+    #[test]
+    fn issue_9_coarse_tree_proofs_match_the_full_tree() {
+        // Every size, index and old size up to 70 leaves, for block widths
+        // from one leaf to 32, with the leaf source limited to the blocks
+        // `proof_blocks` names: any other request fails the proof.
+        let all = leaves(70);
+        let tree = Tree::from_leaf_hashes(all.iter().copied());
+        for shift in 0..=5u32 {
+            for n in 1..=70u64 {
+                let t = coarse(&all, shift, n);
+                let tail = t.proof_blocks(n - 1, n);
+                assert_eq!(
+                    t.root_at(n, serve(&all, shift, tail, n)).unwrap(),
+                    tree.root_at(n).unwrap(),
+                    "root at {n}, shift {shift}"
+                );
+                for i in 0..n {
+                    let blocks = t.proof_blocks(i, n);
+                    assert_eq!(
+                        t.inclusion_proof(i, n, serve(&all, shift, blocks, n))
+                            .unwrap(),
+                        tree.inclusion_proof(i, n).unwrap(),
+                        "inclusion {i} of {n}, shift {shift}"
+                    );
+                }
+                for m in 1..=n {
+                    let blocks = t.proof_blocks(m - 1, n);
+                    assert_eq!(
+                        t.consistency_proof(m, n, serve(&all, shift, blocks, n))
+                            .unwrap(),
+                        tree.consistency_proof(m, n).unwrap(),
+                        "consistency {m}->{n}, shift {shift}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn issue_9_coarse_tree_proofs_match_at_random_sizes() {
+        // Larger trees with the production block width (256 leaves) and a
+        // small one, at random sizes, indexes and old sizes.
+        let all = leaves(20_000);
+        let tree = Tree::from_leaf_hashes(all.iter().copied());
+        let mut state = 0x0123_4567_89ab_cdef;
+        for shift in [3u32, 8] {
+            for _ in 0..25 {
+                let n = 1 + xorshift(&mut state) % all.len() as u64;
+                let t = coarse(&all, shift, n);
+                for _ in 0..20 {
+                    let i = xorshift(&mut state) % n;
+                    let blocks = t.proof_blocks(i, n);
+                    let p = t
+                        .inclusion_proof(i, n, serve(&all, shift, blocks, n))
+                        .unwrap();
+                    assert_eq!(p, tree.inclusion_proof(i, n).unwrap(), "{i} of {n}");
+                    let r = t
+                        .root_at(n, serve(&all, shift, t.proof_blocks(n - 1, n), n))
+                        .unwrap();
+                    verify_inclusion(&all[i as usize], i, n, &p, &r).unwrap();
+                    let m = 1 + xorshift(&mut state) % n;
+                    let blocks = t.proof_blocks(m - 1, n);
+                    assert_eq!(
+                        t.consistency_proof(m, n, serve(&all, shift, blocks, n))
+                            .unwrap(),
+                        tree.consistency_proof(m, n).unwrap(),
+                        "{m} -> {n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn issue_9_coarse_tree_refuses_what_it_cannot_prove() {
+        let all = leaves(40);
+        let t = coarse(&all, 3, 40);
+        assert_eq!(t.complete_blocks(), 5);
+        assert_eq!(t.covered_leaves(), 40);
+        // A block of the wrong width is refused and changes nothing.
+        let mut u = t.clone();
+        assert!(u.push_block(&all[..7]).is_err());
+        assert_eq!(u, t);
+        // Beyond the stored blocks, with no leaves from the caller.
+        assert!(matches!(
+            t.inclusion_proof(0, 48, |_, _| None),
+            Err(ProofError::BeyondTree { .. })
+        ));
+        // Leaves withheld by the caller.
+        assert!(t.inclusion_proof(3, 40, |_, _| None).is_err());
+        assert!(matches!(
+            t.inclusion_proof(40, 40, |_, _| None),
+            Err(ProofError::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            t.consistency_proof(0, 40, |_, _| None),
+            Err(ProofError::EmptyOldTree)
+        ));
+        assert_eq!(t.root_at(0, |_, _| None), Ok(empty_root()));
     }
 }

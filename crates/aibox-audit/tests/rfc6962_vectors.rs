@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aibox_audit::merkle::{self, Hash, Tree};
+use aibox_audit::merkle::{self, CoarseTree, Frontier, Hash, Tree};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
@@ -70,6 +70,42 @@ fn reference_tree() -> Tree {
         tree.push_leaf(l);
     }
     tree
+}
+
+/// The checks of issue 9 on one happy-path vector: the writer's
+/// [`Frontier`] over the first `size` reference leaves has the vector's
+/// root, and a [`CoarseTree`] of every block width gives the same root and
+/// proof as the full tree, with leaves served only from the blocks it names.
+#[allow(clippy::unwrap_used)]
+fn check_bounded_trees(tree: &Tree, size: u64, index: u64, old: Option<u64>, want_root: &Hash) {
+    let leaves: Vec<Hash> = (0..size).filter_map(|i| tree.leaf_hash(i)).collect();
+    assert_eq!(leaves.len() as u64, size);
+    let frontier = Frontier::from_leaf_hashes(leaves.iter().copied());
+    assert_eq!(&frontier.root(), want_root, "frontier at {size}");
+    for shift in 0..=3u32 {
+        let mut coarse = CoarseTree::new(shift);
+        let full = ((size >> shift) << shift) as usize;
+        for block in leaves[..full].chunks(1 << shift) {
+            coarse.push_block(block).unwrap();
+        }
+        let blocks = coarse.proof_blocks(old.map_or(index, |m| m - 1), size);
+        let serve = |a: u64, b: u64| {
+            blocks
+                .contains(&(a >> shift))
+                .then(|| merkle::root(&leaves[a as usize..b as usize]))
+        };
+        assert_eq!(&coarse.root_at(size, serve).unwrap(), want_root);
+        match old {
+            None => assert_eq!(
+                coarse.inclusion_proof(index, size, serve).unwrap(),
+                tree.inclusion_proof(index, size).unwrap()
+            ),
+            Some(m) => assert_eq!(
+                coarse.consistency_proof(m, size, serve).unwrap(),
+                tree.consistency_proof(m, size).unwrap()
+            ),
+        }
+    }
 }
 
 /// Every `.json` file below `dir`, in a stable order.
@@ -216,6 +252,13 @@ fn every_inclusion_vector() {
                 let generated = tree.inclusion_proof(c.leaf_idx, c.tree_size).unwrap();
                 assert_eq!(Some(generated), proof(&c.proof), "{}", c.desc);
                 assert_eq!(tree.root_at(c.tree_size).unwrap(), hash(&c.root).unwrap());
+                check_bounded_trees(
+                    &tree,
+                    c.tree_size,
+                    c.leaf_idx,
+                    None,
+                    &hash(&c.root).unwrap(),
+                );
             } else {
                 assert_eq!(c.tree_size, 1, "{}", c.desc);
             }
@@ -247,6 +290,8 @@ fn every_consistency_vector() {
             assert_eq!(Some(generated), proof(&c.proof), "{}", c.desc);
             assert_eq!(tree.root_at(c.size1).unwrap(), hash(&c.root1).unwrap());
             assert_eq!(tree.root_at(c.size2).unwrap(), hash(&c.root2).unwrap());
+            check_bounded_trees(&tree, c.size1, 0, None, &hash(&c.root1).unwrap());
+            check_bounded_trees(&tree, c.size2, 0, Some(c.size1), &hash(&c.root2).unwrap());
         },
     );
     // The one known divergence must still be there and be the only one.

@@ -239,12 +239,19 @@ pub struct AuditLogOptions {
     /// The origin prefix: tenant logs are `<prefix>/<tenant>`. It must not
     /// change for the life of a log.
     pub origin_prefix: String,
+    /// PostgreSQL only: the most connections of the log's pool (the writer
+    /// and the readers; `database.audit_max_connections`, at least one).
+    pub pg_max_connections: usize,
 }
+
+/// The default size of the PostgreSQL pool (`database.audit_max_connections`).
+pub const DEFAULT_PG_MAX_CONNECTIONS: usize = 8;
 
 impl Default for AuditLogOptions {
     fn default() -> Self {
         Self {
             origin_prefix: aibox_audit::checkpoint::DEFAULT_ORIGIN_PREFIX.to_owned(),
+            pg_max_connections: DEFAULT_PG_MAX_CONNECTIONS,
         }
     }
 }
@@ -386,8 +393,13 @@ impl AuditLog {
         audit_signing_key: &str,
         options: &AuditLogOptions,
     ) -> Result<Self, AuditLogError> {
-        let (log, key_version, key_is_new) =
-            postgres::PgLog::connect(url, audit_signing_key, &options.origin_prefix).await?;
+        let (log, key_version, key_is_new) = postgres::PgLog::connect(
+            url,
+            audit_signing_key,
+            &options.origin_prefix,
+            options.pg_max_connections,
+        )
+        .await?;
         if key_is_new {
             tracing::info!(version = key_version, "registered a new audit key version");
         }

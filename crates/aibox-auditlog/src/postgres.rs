@@ -280,7 +280,7 @@ fn target(cfg: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or("(default)"))
 }
 
-fn pool(url: &str) -> Result<(Pool, String), AuditLogError> {
+fn pool(url: &str, max_connections: usize) -> Result<(Pool, String), AuditLogError> {
     let cfg = tokio_postgres::Config::from_str(url).map_err(|_| AuditLogError::Connect {
         target: "(unparseable URL)".into(),
         cause: "database.url is not a valid PostgreSQL URL".into(),
@@ -293,8 +293,10 @@ fn pool(url: &str) -> Result<(Pool, String), AuditLogError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // `database.audit_max_connections`; zero would leave the writer
+    // waiting for a connection that never comes, so it counts as one.
     let pool = Pool::builder(mgr)
-        .max_size(8)
+        .max_size(max_connections.max(1))
         .build()
         .map_err(|e| AuditLogError::Connect {
             target: where_.clone(),
@@ -451,7 +453,8 @@ pub(crate) async fn check_guards(c: &impl GenericClient) -> Result<(), AuditLogE
 /// Re-creates the guards (dropping altered or unexpected triggers and
 /// rules on the audit tables). Needs the table owner's rights.
 pub(crate) async fn restore_guards(url: &str) -> Result<(), AuditLogError> {
-    let (pool, where_) = pool(url)?;
+    // One connection does the whole repair.
+    let (pool, where_) = pool(url, 1)?;
     let mut c = pool.get().await.map_err(|e| AuditLogError::Connect {
         target: where_,
         cause: e.to_string(),
@@ -565,11 +568,12 @@ impl PgLog {
         url: &str,
         secret: &str,
         prefix: &str,
+        max_connections: usize,
     ) -> Result<(Self, u32, bool), AuditLogError> {
         let fingerprint = format::key_fingerprint(secret)?;
         aibox_audit::checkpoint::origin_for_tenant(prefix, &TenantId::default_tenant())
             .map_err(AuditLogError::Origin)?;
-        let (pool, where_) = pool(url)?;
+        let (pool, where_) = pool(url, max_connections)?;
         let mut c = pool.get().await.map_err(|e| AuditLogError::Connect {
             target: where_,
             cause: e.to_string(),

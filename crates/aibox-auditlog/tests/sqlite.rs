@@ -684,3 +684,61 @@ async fn concurrent_appends_form_one_chain_per_tenant() {
         assert!(r.checkpoints >= 1 && r.checkpoints <= 80);
     }
 }
+
+#[tokio::test]
+async fn issue_9_receipts_and_consistency_proofs_across_cache_blocks() {
+    // The readers keep only complete blocks of 256 envelopes and read the
+    // leaves below that level per proof: receipts and consistency proofs at
+    // sizes around block boundaries, for leaves at both ends of blocks, are
+    // checked against the signed checkpoints, as a third party would, while
+    // the cached tree grows between requests.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir.path().join("audit.db"), KEY1);
+    let acme = tenant("acme");
+    let keys = key_strings(&log.public_keys(&acme).await.unwrap());
+    let mut size = 0u64;
+    let mut checkpoints: Vec<(u64, String)> = Vec::new();
+    for target in [1u64, 2, 255, 256, 257, 300, 511, 512, 513, 700] {
+        // Appends of several turns in one transaction as well as alone.
+        let mut tasks = Vec::new();
+        while size + (tasks.len() as u64) < target {
+            let log = log.clone();
+            let t = acme.clone();
+            let salt = (size + tasks.len() as u64) as i64;
+            tasks.push(tokio::spawn(async move {
+                log.append_turn(&t, None, events(&t, None, 1, salt))
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        size = target;
+        let cp = log.latest_checkpoint(&acme).await.unwrap().unwrap();
+        checkpoints.push((size, cp));
+        let mut indexes = vec![0, size / 2, size - 1, size.saturating_sub(2)];
+        indexes.extend([254, 255, 256, 257, 511, 512].iter().filter(|&&i| i < size));
+        for i in indexes {
+            let r = log.receipt_at(&acme, i).await.unwrap();
+            assert_eq!((r.leaf_index, r.tree_size), (i, size));
+            verify_receipt(&r, &keys).unwrap_or_else(|e| panic!("receipt {i} of {size}: {e}"));
+        }
+    }
+    // Consistency between every pair of the sizes above.
+    for (m, old_cp) in &checkpoints {
+        for (n, new_cp) in checkpoints.iter().filter(|(n, _)| n >= m) {
+            let p = log.consistency_proof(&acme, *m, *n).await.unwrap();
+            verify_consistency(old_cp, new_cp, &p.proof, &keys)
+                .unwrap_or_else(|e| panic!("consistency {m} -> {n}: {e}"));
+        }
+    }
+    // A fresh process (empty caches) answers the same.
+    drop(log);
+    let log = open(&dir.path().join("audit.db"), KEY1);
+    for i in [0, 255, 256, 699] {
+        verify_receipt(&log.receipt_at(&acme, i).await.unwrap(), &keys).unwrap();
+    }
+    let p = log.consistency_proof(&acme, 257, 700).await.unwrap();
+    verify_consistency(&checkpoints[4].1, &checkpoints[9].1, &p.proof, &keys).unwrap();
+}

@@ -44,6 +44,10 @@ pub const AIBOX_OTLP_ENDPOINT: &str = "AIBOX_OTLP_ENDPOINT";
 pub const AIBOX_TRACES_CAPTURE_CONTENT: &str = "AIBOX_TRACES_CAPTURE_CONTENT";
 /// `database.url`.
 pub const AIBOX_DATABASE_URL: &str = "AIBOX_DATABASE_URL";
+/// `database.max_connections`.
+pub const AIBOX_DATABASE_MAX_CONNECTIONS: &str = "AIBOX_DATABASE_MAX_CONNECTIONS";
+/// `database.audit_max_connections`.
+pub const AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS: &str = "AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS";
 /// `redis_url`.
 pub const AIBOX_REDIS_URL: &str = "AIBOX_REDIS_URL";
 /// The Redis password, used when `redis_url` carries none (seed 000 §1).

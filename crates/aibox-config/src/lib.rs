@@ -15,9 +15,11 @@ mod validated;
 pub use error::ConfigError;
 pub use validated::{
     ALLOWED_JWT_ALGORITHMS, AuthConfig, CaptokenConfig, ClaimsConfig, Config,
-    DEFAULT_STRIP_HEADERS, DashboardOidcConfig, DatabaseUrl, LimitsConfig, LogConfig, LogFormat,
-    ModelConfig, PrincipalAlgorithm, PrincipalConfig, Rate, RouteConfig, ServerConfig,
-    ServiceAuthConfig, TargetConfig, Timeouts, TokenFor, UpstreamConfig, load, load_from_str,
+    DEFAULT_AUDIT_MAX_CONNECTIONS, DEFAULT_STORE_MAX_CONNECTIONS, DEFAULT_STRIP_HEADERS,
+    DashboardOidcConfig, DatabaseConfig, DatabaseUrl, LimitsConfig, LogConfig, LogFormat,
+    MAX_POOL_CONNECTIONS, ModelConfig, PrincipalAlgorithm, PrincipalConfig, Rate, RouteConfig,
+    ServerConfig, ServiceAuthConfig, TargetConfig, Timeouts, TokenFor, UpstreamConfig, load,
+    load_from_str,
 };
 
 /// The config file path the seed documents, relative to the working directory.

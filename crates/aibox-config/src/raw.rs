@@ -176,6 +176,10 @@ pub struct RawLog {
 pub struct RawDatabase {
     /// `sqlite://PATH` or `postgres://...`.
     pub url: Option<String>,
+    /// PostgreSQL: the most connections of the store's pool.
+    pub max_connections: Option<u64>,
+    /// PostgreSQL: the most connections of the audit log's pool.
+    pub audit_max_connections: Option<u64>,
 }
 
 /// `auth:` (seed 000 §2).

@@ -23,8 +23,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
-    /// The database.
-    pub database: DatabaseUrl,
+    /// The database and its PostgreSQL pool sizes.
+    pub database: DatabaseConfig,
     /// Redis, when limits and replay state are shared between replicas.
     #[serde(
         serialize_with = "redacted_url",
@@ -210,6 +210,29 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The default `database.max_connections`: the store's PostgreSQL pool.
+pub const DEFAULT_STORE_MAX_CONNECTIONS: u32 = 16;
+/// The default `database.audit_max_connections`: the audit log's
+/// PostgreSQL pool (one writer plus the readers).
+pub const DEFAULT_AUDIT_MAX_CONNECTIONS: u32 = 8;
+/// The largest pool size accepted for either pool: PostgreSQL's own
+/// `max_connections` limit is far below it on any real server.
+pub const MAX_POOL_CONNECTIONS: u32 = 1000;
+
+/// `database:`: where state lives and, for PostgreSQL, how many
+/// connections each pool of one process may open (a replica opens at most
+/// the sum of both).
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    /// `database.url`.
+    pub url: DatabaseUrl,
+    /// `database.max_connections`: the store's pool (API keys, vault, usage).
+    pub max_connections: u32,
+    /// `database.audit_max_connections`: the audit log's pool (its writer
+    /// and the receipt, proof and verification readers).
+    pub audit_max_connections: u32,
+}
+
 /// Where state lives.
 #[derive(Debug, Clone)]
 pub enum DatabaseUrl {
@@ -221,14 +244,11 @@ pub enum DatabaseUrl {
 
 impl Serialize for DatabaseUrl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
         let url = match self {
             DatabaseUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
             DatabaseUrl::Postgres(url) => redact_userinfo(url.expose()),
         };
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry("url", &url)?;
-        m.end()
+        s.serialize_str(&url)
     }
 }
 
@@ -552,6 +572,39 @@ impl Ctx<'_> {
     }
 }
 
+/// A pool size under `database:` (`name`), from the environment variable
+/// `var` or the file, between 1 and [`MAX_POOL_CONNECTIONS`].
+fn pool_size(
+    ctx: &Ctx<'_>,
+    env: &Env,
+    var: &'static str,
+    name: &'static str,
+    file: Option<u64>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    use Seg::Key;
+    let key = format!("database.{name}");
+    let fix = format!(
+        "give a number of connections between 1 and {MAX_POOL_CONNECTIONS} (default {default}); keep the sum of both pools times the replicas below PostgreSQL's max_connections"
+    );
+    let value = match env.get(var) {
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| env_invalid(var, &key, format!("'{v}' is not a number"), fix.clone()))?,
+        None => file.unwrap_or(u64::from(default)),
+    };
+    if (1..=u64::from(MAX_POOL_CONNECTIONS)).contains(&value) {
+        return Ok(u32::try_from(value).unwrap_or(default));
+    }
+    let msg = format!("{value} is outside 1..={MAX_POOL_CONNECTIONS}");
+    Err(if env.contains_key(var) {
+        env_invalid(var, &key, msg, fix)
+    } else {
+        ctx.invalid(&[Key("database"), Key(name)], msg, fix)
+    })
+}
+
 fn env_invalid(
     var: &'static str,
     key: &str,
@@ -845,11 +898,24 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         .or(rl.level)
         .unwrap_or_else(|| "info".into());
 
-    let database = match env
-        .get(env::AIBOX_DATABASE_URL)
-        .cloned()
-        .or(raw.database.and_then(|d| d.url))
-    {
+    let rdb = raw.database.unwrap_or_default();
+    let max_connections = pool_size(
+        ctx,
+        env,
+        env::AIBOX_DATABASE_MAX_CONNECTIONS,
+        "max_connections",
+        rdb.max_connections,
+        DEFAULT_STORE_MAX_CONNECTIONS,
+    )?;
+    let audit_max_connections = pool_size(
+        ctx,
+        env,
+        env::AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS,
+        "audit_max_connections",
+        rdb.audit_max_connections,
+        DEFAULT_AUDIT_MAX_CONNECTIONS,
+    )?;
+    let url = match env.get(env::AIBOX_DATABASE_URL).cloned().or(rdb.url) {
         None => DatabaseUrl::Sqlite(data_dir.join("aibox.db")),
         Some(u) => parse_database_url(&u).ok_or_else(|| {
             let msg = "it is neither sqlite://PATH nor postgres://...".to_owned();
@@ -1343,7 +1409,11 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             send_stall_timeout,
         },
         log: LogConfig { format, level },
-        database,
+        database: DatabaseConfig {
+            url,
+            max_connections,
+            audit_max_connections,
+        },
         redis_url,
         auth,
         upstreams,
@@ -1823,7 +1893,7 @@ mod tests {
         assert_eq!(c.upstreams[0].base_url, DEFAULT_UPSTREAM_URL);
         assert!(c.models.is_empty());
         assert!(!c.auth.enabled);
-        assert!(matches!(c.database, DatabaseUrl::Sqlite(ref p) if p.ends_with("aibox.db")));
+        assert!(matches!(c.database.url, DatabaseUrl::Sqlite(ref p) if p.ends_with("aibox.db")));
     }
 
     #[test]
@@ -1856,6 +1926,73 @@ mod tests {
         assert!(e.contains(env::AIBOX_BODY_IDLE_TIMEOUT_MS), "{e}");
         assert!(e.contains("server.body_idle_timeout_ms"), "{e}");
         assert!(e.contains("'soon' is not a number"), "{e}");
+    }
+
+    #[test]
+    fn issue_9_database_pool_sizes_are_config_keys() {
+        // The defaults are the sizes that were hard-coded before.
+        let c = load_from_str("", None, &Env::new()).unwrap();
+        assert_eq!(c.database.max_connections, 16);
+        assert_eq!(c.database.audit_max_connections, 8);
+
+        let yaml = "database:\n  url: postgres://aibox@db:5432/aibox\n  max_connections: 30\n  audit_max_connections: 4\n";
+        let c = load_from_str(yaml, None, &Env::new()).unwrap();
+        assert_eq!(c.database.max_connections, 30);
+        assert_eq!(c.database.audit_max_connections, 4);
+        let printed = serde_json::to_string(&c).unwrap();
+        assert!(printed.contains("\"audit_max_connections\":4"), "{printed}");
+
+        // The environment overrides the file.
+        let c = load_from_str(
+            yaml,
+            None,
+            &env(&[
+                (env::AIBOX_DATABASE_MAX_CONNECTIONS, "5"),
+                (env::AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS, " 3 "),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.max_connections, 5);
+        assert_eq!(c.database.audit_max_connections, 3);
+
+        // Out of range in the file: the key, its line and the fix.
+        let e = err("database:\n  max_connections: 0\n");
+        assert!(e.contains("database.max_connections"), "{e}");
+        assert!(e.contains("cfg.yaml:2"), "{e}");
+        assert!(e.contains("between 1 and 1000"), "{e}");
+        assert!(e.contains("max_connections"), "{e}");
+        let e = err("database:\n  url: sqlite://x.db\n  audit_max_connections: 1001\n");
+        assert!(e.contains("database.audit_max_connections"), "{e}");
+        assert!(e.contains("cfg.yaml:3"), "{e}");
+        assert!(e.contains("1001 is outside 1..=1000"), "{e}");
+        // Not a number, or negative, in the file: refused by the first step.
+        let e = err("database:\n  max_connections: many\n");
+        assert!(e.contains("database.max_connections"), "{e}");
+        let e = err("database:\n  audit_max_connections: -1\n");
+        assert!(e.contains("database.audit_max_connections"), "{e}");
+        // Bad values from the environment name the variable and the key.
+        for (var, key, value) in [
+            (
+                env::AIBOX_DATABASE_MAX_CONNECTIONS,
+                "database.max_connections",
+                "lots",
+            ),
+            (
+                env::AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS,
+                "database.audit_max_connections",
+                "0",
+            ),
+        ] {
+            let e = load_from_str("", None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(var), "{e}");
+            assert!(e.contains(key), "{e}");
+            assert!(e.contains("between 1 and 1000"), "{e}");
+        }
+        // A misspelt key is refused, not ignored.
+        let e = err("database:\n  pool_size: 4\n");
+        assert!(e.contains("pool_size"), "{e}");
     }
 
     #[test]

@@ -208,6 +208,9 @@ macro_rules! dispatch {
     };
 }
 
+/// The default size of the PostgreSQL pool (`database.max_connections`).
+pub const DEFAULT_PG_MAX_CONNECTIONS: usize = 16;
+
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies
     /// migrations.
@@ -217,10 +220,21 @@ impl Store {
         })
     }
 
-    /// Connects to PostgreSQL and applies migrations.
+    /// Connects to PostgreSQL with a pool of at most
+    /// [`DEFAULT_PG_MAX_CONNECTIONS`] connections and applies migrations.
     pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        Self::connect_postgres_with_pool(url, DEFAULT_PG_MAX_CONNECTIONS).await
+    }
+
+    /// Connects to PostgreSQL with a pool of at most `max_connections`
+    /// connections (`database.max_connections`; at least one) and applies
+    /// migrations.
+    pub async fn connect_postgres_with_pool(
+        url: &str,
+        max_connections: usize,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Postgres(postgres::PgStore::connect(url).await?),
+            backend: Backend::Postgres(postgres::PgStore::connect(url, max_connections).await?),
         })
     }
 

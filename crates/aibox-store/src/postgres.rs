@@ -89,7 +89,7 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 }
 
 impl PgStore {
-    pub(crate) async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let cfg = tokio_postgres::Config::from_str(url).map_err(|_| StoreError::Connect {
             target: "(unparseable URL)".into(),
             cause: "database.url is not a valid PostgreSQL URL".into(),
@@ -102,8 +102,10 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // `database.max_connections`; zero would leave every request waiting
+        // for a connection that never comes, so it counts as one.
         let pool = Pool::builder(mgr)
-            .max_size(16)
+            .max_size(max_connections.max(1))
             .build()
             .map_err(|e| StoreError::Connect {
                 target: where_.clone(),

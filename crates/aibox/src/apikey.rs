@@ -43,12 +43,19 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 
 /// Opens the store the config names.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    Ok(match &cfg.database {
+    Ok(match &cfg.database.url {
         DatabaseUrl::Sqlite(path) => {
             let path = path.clone();
             tokio::task::spawn_blocking(move || Store::open_sqlite(&path)).await??
         }
-        DatabaseUrl::Postgres(url) => Store::connect_postgres(url.expose()).await?,
+        DatabaseUrl::Postgres(url) => {
+            Store::connect_postgres_with_pool(
+                url.expose(),
+                usize::try_from(cfg.database.max_connections)
+                    .unwrap_or(aibox_store::DEFAULT_PG_MAX_CONNECTIONS),
+            )
+            .await?
+        }
     })
 }
 

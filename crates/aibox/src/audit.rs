@@ -14,8 +14,12 @@ pub const AUDIT_DB: &str = "audit.db";
 /// Opens the audit log the config names: `DATA_DIR/audit.db` beside the
 /// SQLite store, or the same PostgreSQL database.
 pub async fn open(cfg: &Config, key: &Secret) -> anyhow::Result<AuditLog> {
-    let options = AuditLogOptions::default();
-    Ok(match &cfg.database {
+    let options = AuditLogOptions {
+        pg_max_connections: usize::try_from(cfg.database.audit_max_connections)
+            .unwrap_or(aibox_auditlog::DEFAULT_PG_MAX_CONNECTIONS),
+        ..AuditLogOptions::default()
+    };
+    Ok(match &cfg.database.url {
         DatabaseUrl::Sqlite(_) => {
             let path = cfg.server.data_dir.join(AUDIT_DB);
             let key = key.clone();
@@ -32,7 +36,7 @@ pub async fn open(cfg: &Config, key: &Secret) -> anyhow::Result<AuditLog> {
 
 /// Re-creates the append-only guards of the configured audit database.
 pub fn restore_guards(cfg: &Config) -> anyhow::Result<()> {
-    match &cfg.database {
+    match &cfg.database.url {
         DatabaseUrl::Sqlite(_) => {
             AuditLog::restore_guards_sqlite(&cfg.server.data_dir.join(AUDIT_DB))?
         }

@@ -331,12 +331,19 @@ async fn serve(
     started: Instant,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let store = match &cfg.database {
+    let store = match &cfg.database.url {
         DatabaseUrl::Sqlite(path) => {
             let path = path.clone();
             tokio::task::spawn_blocking(move || Store::open_sqlite(&path)).await??
         }
-        DatabaseUrl::Postgres(url) => Store::connect_postgres(url.expose()).await?,
+        DatabaseUrl::Postgres(url) => {
+            Store::connect_postgres_with_pool(
+                url.expose(),
+                usize::try_from(cfg.database.max_connections)
+                    .unwrap_or(aibox_store::DEFAULT_PG_MAX_CONNECTIONS),
+            )
+            .await?
+        }
     };
     let limiter = match &cfg.redis_url {
         Some(url) => Limiter::with_redis(cfg.limits.clone(), url, "aibox")
