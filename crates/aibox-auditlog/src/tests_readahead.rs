@@ -60,6 +60,13 @@ fn ahead() -> Vec<Config> {
             window: 1,
             min_rows: 0,
         },
+        // The measured layout, with blocks small enough for these logs.
+        Config {
+            row_block: 2,
+            env_block: 1,
+            min_rows: 0,
+            ..Config::enabled()
+        },
     ]
 }
 
