@@ -137,7 +137,40 @@ struct Stream<T> {
     spare: Vec<Vec<T>>,
 }
 
+/// What [`Stream::advance`] did.
+enum Advance {
+    /// An item was swapped out.
+    Item,
+    /// The blocks are used up.
+    Done,
+    /// The next block arrived and a slot for another is free: the caller
+    /// hands one out, then advances again.
+    Refilled,
+}
+
 impl<T> Stream<T> {
+    /// Swaps the next item into `out`, or waits for the next block; a
+    /// block's storage error comes after the items read before it.
+    fn advance(&mut self, out: &mut T) -> Result<Advance, AuditLogError> {
+        if let Some(item) = self.cur.get_mut(self.pos) {
+            std::mem::swap(out, item);
+            self.pos += 1;
+            return Ok(Advance::Item);
+        }
+        if let Some(e) = self.err.take() {
+            return Err(e);
+        }
+        let Some(rx) = self.pending.pop_front() else {
+            return Ok(Advance::Done);
+        };
+        let (items, err) = rx.recv().map_err(|_| worker_lost())?;
+        let used = std::mem::replace(&mut self.cur, items);
+        self.spare.push(used);
+        self.pos = 0;
+        self.err = err;
+        Ok(Advance::Refilled)
+    }
+
     fn new(start: i64, end: i64, block: i64) -> Self {
         Self {
             next_lo: (end > start).then_some(i64::MIN),
@@ -263,23 +296,11 @@ impl ReadAhead {
     /// the blocks are used up and the caller reads on from the bound.
     pub(crate) fn next_row(&mut self, out: &mut RowBuf) -> Result<bool, AuditLogError> {
         loop {
-            if let Some(r) = self.rows.cur.get_mut(self.rows.pos) {
-                std::mem::swap(out, r);
-                self.rows.pos += 1;
-                return Ok(true);
+            match self.rows.advance(out)? {
+                Advance::Item => return Ok(true),
+                Advance::Done => return Ok(false),
+                Advance::Refilled => self.dispatch_rows(),
             }
-            if let Some(e) = self.rows.err.take() {
-                return Err(e);
-            }
-            let Some(rx) = self.rows.pending.pop_front() else {
-                return Ok(false);
-            };
-            let (items, err) = rx.recv().map_err(|_| worker_lost())?;
-            let used = std::mem::replace(&mut self.rows.cur, items);
-            self.rows.spare.push(used);
-            self.rows.pos = 0;
-            self.rows.err = err;
-            self.dispatch_rows();
         }
     }
 
@@ -287,23 +308,11 @@ impl ReadAhead {
     /// blocks are used up.
     pub(crate) fn next_envelope(&mut self, out: &mut EnvBuf) -> Result<bool, AuditLogError> {
         loop {
-            if let Some(e) = self.envs.cur.get_mut(self.envs.pos) {
-                std::mem::swap(out, e);
-                self.envs.pos += 1;
-                return Ok(true);
+            match self.envs.advance(out)? {
+                Advance::Item => return Ok(true),
+                Advance::Done => return Ok(false),
+                Advance::Refilled => self.dispatch_envs(),
             }
-            if let Some(e) = self.envs.err.take() {
-                return Err(e);
-            }
-            let Some(rx) = self.envs.pending.pop_front() else {
-                return Ok(false);
-            };
-            let (items, err) = rx.recv().map_err(|_| worker_lost())?;
-            let used = std::mem::replace(&mut self.envs.cur, items);
-            self.envs.spare.push(used);
-            self.envs.pos = 0;
-            self.envs.err = err;
-            self.dispatch_envs();
         }
     }
 }
