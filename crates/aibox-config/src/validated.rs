@@ -582,26 +582,55 @@ fn pool_size(
     file: Option<u64>,
     default: u32,
 ) -> Result<u32, ConfigError> {
-    use Seg::Key;
-    let key = format!("database.{name}");
     let fix = format!(
         "give a number of connections between 1 and {MAX_POOL_CONNECTIONS} (default {default}); keep the sum of both pools times the replicas below PostgreSQL's max_connections"
     );
-    let value = match env.get(var) {
+    let range = 1..=u64::from(MAX_POOL_CONNECTIONS);
+    let v = ranged(
+        ctx,
+        env,
+        var,
+        ("database", name),
+        file,
+        u64::from(default),
+        range,
+        "",
+        fix,
+    )?;
+    Ok(u32::try_from(v).unwrap_or(default))
+}
+
+/// A number under `section.name`: the environment variable `var` if set,
+/// else the file's value, else `default`; refused outside `range`, the
+/// error naming the variable or the file's line as the value's origin.
+#[allow(clippy::too_many_arguments)]
+fn ranged(
+    ctx: &Ctx<'_>,
+    env: &Env,
+    var: &'static str,
+    (section, name): (&'static str, &'static str),
+    file: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+    fix: String,
+) -> Result<u64, ConfigError> {
+    let key = format!("{section}.{name}");
+    let v = match env.get(var) {
         Some(v) => v
             .trim()
             .parse::<u64>()
             .map_err(|_| env_invalid(var, &key, format!("'{v}' is not a number"), fix.clone()))?,
-        None => file.unwrap_or(u64::from(default)),
+        None => file.unwrap_or(default),
     };
-    if (1..=u64::from(MAX_POOL_CONNECTIONS)).contains(&value) {
-        return Ok(u32::try_from(value).unwrap_or(default));
+    if range.contains(&v) {
+        return Ok(v);
     }
-    let msg = format!("{value} is outside 1..={MAX_POOL_CONNECTIONS}");
+    let msg = format!("{v}{unit} is outside {}..={}", range.start(), range.end());
     Err(if env.contains_key(var) {
         env_invalid(var, &key, msg, fix)
     } else {
-        ctx.invalid(&[Key("database"), Key(name)], msg, fix)
+        ctx.invalid(&[Seg::Key(section), Seg::Key(name)], msg, fix)
     })
 }
 
@@ -1742,31 +1771,24 @@ fn edge_timeout(
     file: Option<u64>,
     default: u64,
 ) -> Result<Duration, ConfigError> {
-    let dotted_key = format!("server.{name}");
     let fix = format!(
         "give milliseconds between {} and {} (default {default})",
         EDGE_TIMEOUT_RANGE_MS.start(),
         EDGE_TIMEOUT_RANGE_MS.end()
     );
-    let v = match env.get(var) {
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| env_invalid(var, &dotted_key, format!("'{v}' is not a number"), &fix))?,
-        None => file.unwrap_or(default),
-    };
-    if !EDGE_TIMEOUT_RANGE_MS.contains(&v) {
-        let msg = format!(
-            "{v} ms is outside {}..={}",
-            EDGE_TIMEOUT_RANGE_MS.start(),
-            EDGE_TIMEOUT_RANGE_MS.end()
-        );
-        return Err(if env.contains_key(var) {
-            env_invalid(var, &dotted_key, msg, fix)
-        } else {
-            ctx.invalid(&[Seg::Key("server"), Seg::Key(name)], msg, fix)
-        });
-    }
-    Ok(Duration::from_millis(v))
+    let range = EDGE_TIMEOUT_RANGE_MS;
+    ranged(
+        ctx,
+        env,
+        var,
+        ("server", name),
+        file,
+        default,
+        range,
+        " ms",
+        fix,
+    )
+    .map(Duration::from_millis)
 }
 
 fn timeouts(t: RawTimeouts, ctx: &Ctx<'_>, key: &[Seg<'_>]) -> Result<Timeouts, ConfigError> {
