@@ -26,6 +26,8 @@
 #                          runs give the guardrail's cost
 #   BENCH_AIBOX_AUTH=apikey  run aibox with auth.enabled and a gateway API key
 #                          (created with `aibox apikey create`) on every request
+#   BENCH_CONCURRENCIES   connection counts to run (default "1 32")
+#   BENCH_STREAM_MODES     0 = non-streamed, 1 = streamed (default "0 1")
 #   BENCH_WAIT_QUIET=N     before each run, wait up to N s for other load to drop
 #   BENCH_KEEP_TMP=1       keep the temporary directory (configs, logs, wrk output)
 #   BENCH_PYTHON           python used for the LiteLLM venv and the report (default python3)
@@ -59,8 +61,10 @@ case $AIBOX_GUARDRAIL in on | off) ;; *) echo "BENCH_AIBOX_GUARDRAIL must be on 
 case $AIBOX_AUTH in off | apikey) ;; *) echo "BENCH_AIBOX_AUTH must be off or apikey" >&2; exit 2 ;; esac
 export BENCH_BEARER=bench-dummy-key
 PYTHON=${BENCH_PYTHON:-python3}
-CONCURRENCIES=(1 32)
-STREAM_MODES=(0 1)
+read -r -a CONCURRENCIES <<<"${BENCH_CONCURRENCIES:-1 32}"
+read -r -a STREAM_MODES <<<"${BENCH_STREAM_MODES:-0 1}"
+for c in "${CONCURRENCIES[@]}"; do [[ $c =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_CONCURRENCIES must list positive integers, got '$c'" >&2; exit 2; }; done
+for m in "${STREAM_MODES[@]}"; do [[ $m == 0 || $m == 1 ]] || { echo "BENCH_STREAM_MODES must list 0 (plain) and/or 1 (streamed), got '$m'" >&2; exit 2; }; done
 WRK_TIMEOUT=10s
 MODEL=fake-model
 

@@ -1,8 +1,9 @@
 //! The SQLite backend of the embedded default.
 //!
-//! One writer thread owns the read-write connection and seals every queued
-//! turn of a drain of its channel in one `BEGIN IMMEDIATE` transaction
-//! (group commit). The database runs in WAL mode with `synchronous=FULL`,
+//! Appends queue up and are committed by whichever caller finds the
+//! read-write connection free (the *leader*, see [`Committer`]): it seals
+//! every queued turn in one `BEGIN IMMEDIATE` transaction (group commit).
+//! The database runs in WAL mode with `synchronous=FULL`,
 //! so a commit has reached the disk (the WAL is fsynced) before any
 //! `append_turn` of the batch returns: an audit record acknowledged to the
 //! caller survives a power loss, not only a process crash. Group commit is
@@ -20,11 +21,9 @@
 //! trigger sits on an audit table (a `BEFORE INSERT ... RAISE(IGNORE)` could
 //! silently drop rows), and refuses to start otherwise.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex, TryLockError};
 
 use aibox_audit::merkle::Hash;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior};
@@ -287,7 +286,7 @@ fn register_key(conn: &mut Connection, fingerprint: &str) -> Result<(u32, bool),
 /// The SQLite audit log.
 #[derive(Clone)]
 pub(crate) struct SqliteLog {
-    tx: std_mpsc::Sender<Request>,
+    committer: Arc<Committer>,
     path: PathBuf,
     reader: Arc<Mutex<Connection>>,
     trees: Arc<TreeCache>,
@@ -321,7 +320,7 @@ fn open_reader(path: &Path) -> Result<Connection, AuditLogError> {
 
 impl SqliteLog {
     /// Opens (creating if needed) the audit database, checks its guards,
-    /// registers the key version and starts the writer thread. Returns the
+    /// registers the key version and sets up the committer. Returns the
     /// log, the key version and whether that version is new.
     pub(crate) fn open(
         path: &Path,
@@ -344,15 +343,16 @@ impl SqliteLog {
         aibox_audit::checkpoint::origin_for_tenant(prefix, &aibox_core::TenantId::default_tenant())
             .map_err(AuditLogError::Origin)?;
         let reader = open_reader(path)?;
-        let (tx, rx) = std_mpsc::channel();
-        let writer = Writer::new(signing.clone());
-        thread::Builder::new()
-            .name("aibox-audit-sqlite".into())
-            .spawn(move || writer_loop(conn, writer, rx))
-            .map_err(|e| open_err(path, e))?;
+        let committer = Arc::new(Committer {
+            queue: Mutex::new(VecDeque::new()),
+            core: Mutex::new(WriterCore {
+                conn,
+                writer: Writer::new(signing.clone()),
+            }),
+        });
         Ok((
             Self {
-                tx,
+                committer,
                 path: path.to_path_buf(),
                 reader: Arc::new(Mutex::new(reader)),
                 trees: Arc::new(TreeCache::default()),
@@ -364,8 +364,16 @@ impl SqliteLog {
         ))
     }
 
+    /// Queues `req` and commits the queue at once if no other caller is
+    /// committing (see [`Committer`]); the reply arrives on `req.reply`.
     pub(crate) fn submit(&self, req: Request) -> Result<(), AuditLogError> {
-        self.tx.send(req).map_err(|_| AuditLogError::Closed)
+        self.committer
+            .queue
+            .lock()
+            .map_err(|_| AuditLogError::Closed)?
+            .push_back(req);
+        Committer::lead(&self.committer);
+        Ok(())
     }
 
     /// Runs `f` with the shared read connection on the blocking pool.
@@ -1320,34 +1328,138 @@ impl WriteTx for SqliteTx<'_> {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut writer: Writer, rx: std_mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut events = first.prepared.events.len();
-        let mut batch = vec![first];
-        // Drain whatever else is queued so one commit (one fsync) covers it.
-        while events < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(r) => {
-                    events += r.prepared.events.len();
-                    batch.push(r);
+/// The read-write connection and the writer's in-memory heads: whoever
+/// holds them commits.
+struct WriterCore {
+    conn: Connection,
+    writer: Writer,
+}
+
+/// Group commit without a writer thread.
+///
+/// A caller queues its turn and, if no commit is running, becomes the
+/// leader: it takes one batch off the queue (its own turn and whatever
+/// queued before it) and commits it on its own thread. At low concurrency,
+/// which is where a turn's latency is decided, a turn is thus committed
+/// without any hand-off between threads: on this kind of VM each wake-up of
+/// a sleeping thread on an idle vCPU costs tens of microseconds, and a
+/// writer thread cost two per turn (wake the writer, wake the caller).
+///
+/// A caller that finds a commit running only waits for its reply. The
+/// leader commits one batch and no more, so its own response is never held
+/// back by other callers' turns; if turns queued meanwhile, it hands the
+/// rest to a blocking-pool thread that commits until the queue is empty.
+/// That is the writer thread of old, but only while there is a backlog to
+/// batch. Nothing is stranded: a caller queues before it tries the lock,
+/// and a leader looks at the queue after it releases the lock, so either
+/// the caller gets the lock or the leader sees its turn.
+pub(crate) struct Committer {
+    queue: Mutex<VecDeque<Request>>,
+    core: Mutex<WriterCore>,
+}
+
+impl Committer {
+    /// Commits one batch if no one else is committing, then hands any
+    /// backlog to a blocking-pool thread.
+    fn lead(this: &Arc<Self>) {
+        if !this.commit_one_batch() {
+            return;
+        }
+        if this.has_queued() {
+            let this = Arc::clone(this);
+            let drain = move || while this.commit_one_batch() && this.has_queued() {};
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn_blocking(drain);
                 }
-                Err(_) => break,
+                // Not inside a runtime (no caller today): drain here.
+                Err(_) => drain(),
             }
         }
+    }
+
+    fn has_queued(&self) -> bool {
+        self.queue.lock().map(|q| !q.is_empty()).unwrap_or(false)
+    }
+
+    /// Takes the connection and commits one batch. Returns false when
+    /// another caller holds the connection (that caller will see the
+    /// queue after it lets go).
+    fn commit_one_batch(&self) -> bool {
+        let mut core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(TryLockError::WouldBlock) => return false,
+            Err(TryLockError::Poisoned(_)) => {
+                // A commit panicked half-way: the in-memory heads cannot be
+                // trusted any more, so every turn fails closed from now on.
+                self.fail_queued(&AuditLogError::Closed);
+                return false;
+            }
+        };
+        let batch = self.take_batch();
+        if batch.is_empty() {
+            return true;
+        }
+        // A commit blocks on the disk (one fsync); on a multi-threaded
+        // runtime, let the runtime move this worker's other tasks away
+        // first. A current-thread runtime (tests, CLI commands) simply
+        // waits, as it would for a synchronous call.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| core.commit(batch));
+        } else {
+            core.commit(batch);
+        }
+        true
+    }
+
+    /// The oldest queued turns, up to `MAX_BATCH_EVENTS` events (at least
+    /// one turn).
+    fn take_batch(&self) -> Vec<Request> {
+        let Ok(mut q) = self.queue.lock() else {
+            return Vec::new();
+        };
+        let mut events = 0;
+        let mut batch = Vec::new();
+        while let Some(r) = q.front() {
+            let n = r.prepared.events.len();
+            if !batch.is_empty() && events + n > MAX_BATCH_EVENTS {
+                break;
+            }
+            events += n;
+            batch.extend(q.pop_front());
+        }
+        batch
+    }
+
+    fn fail_queued(&self, e: &AuditLogError) {
+        let drained: Vec<Request> = match self.queue.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => return,
+        };
+        for r in drained {
+            let _ = r.reply.send(Err(e.clone()));
+        }
+    }
+}
+
+impl WriterCore {
+    /// Commits `batch` in one transaction and answers every turn in it.
+    fn commit(&mut self, batch: Vec<Request>) {
         let (prepared, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|r| (r.prepared, r.reply)).unzip();
         let tenants = state::batch_tenants(&prepared);
-        let result = commit_batch(&mut conn, &mut writer, prepared);
-        match result {
+        match commit_batch(&mut self.conn, &mut self.writer, prepared) {
             Ok(staged) => {
-                writer.committed(&staged);
+                self.writer.committed(&staged);
                 for (reply, outcome) in replies.into_iter().zip(staged.outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, turns = replies.len(), "audit transaction failed; nothing of it was written");
-                writer.rolled_back(&tenants);
+                self.writer.rolled_back(&tenants);
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

@@ -685,6 +685,45 @@ async fn concurrent_appends_form_one_chain_per_tenant() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_4_leader_commits_strand_no_turn_and_batch_a_backlog() {
+    // Appends are committed by whichever caller finds the connection free,
+    // and a backlog is handed to a blocking thread. A turn queued just as a
+    // leader lets go must still be committed: 64 tasks append in tight
+    // loops, each append bounded by a timeout, so a stranded turn fails the
+    // test instead of hanging it. A backlog must be batched (fewer
+    // checkpoints than envelopes), and the chain must verify.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir.path().join("audit.db"), KEY1);
+    let acme = tenant("acme");
+    let mut tasks = Vec::new();
+    for w in 0..64i64 {
+        let log = log.clone();
+        let t = acme.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let turn = TurnId::generate();
+                let append = log.append_turn(
+                    &t,
+                    Some(turn.clone()),
+                    events(&t, Some(&turn), 2, w * 100 + i),
+                );
+                tokio::time::timeout(std::time::Duration::from_secs(30), append)
+                    .await
+                    .expect("an append was stranded")
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = log.verify(&acme, |_, _| {}).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.rows, r.envelopes), (2560, 1280));
+    assert!(r.checkpoints < r.envelopes, "no batching: {r:?}");
+}
+
 #[tokio::test]
 async fn issue_9_receipts_and_consistency_proofs_across_cache_blocks() {
     // The readers keep only complete blocks of 256 envelopes and read the
