@@ -724,6 +724,39 @@ async fn issue_4_leader_commits_strand_no_turn_and_batch_a_backlog() {
     assert!(r.checkpoints < r.envelopes, "no batching: {r:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_4_the_wal_is_checkpointed_off_the_commit_path() {
+    // Commits no longer copy the WAL into the database file themselves
+    // (below a large backstop); a background thread does. Without it the
+    // database file would not grow while the WAL took every page.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = open(&path, KEY1);
+    // Let the checkpointer copy what start-up wrote, then measure.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let before = std::fs::metadata(&path).unwrap().len();
+    let acme = tenant("acme");
+    for i in 0..200 {
+        let turn = TurnId::generate();
+        log.append_turn(&acme, Some(turn.clone()), events(&acme, Some(&turn), 5, i))
+            .await
+            .unwrap();
+    }
+    let mut after = before;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = std::fs::metadata(&path).unwrap().len();
+        if after > before {
+            break;
+        }
+    }
+    assert!(
+        after > before,
+        "the database file did not grow ({before} bytes): no checkpoint ran"
+    );
+    assert!(log.verify(&acme, |_, _| {}).await.unwrap().ok);
+}
+
 #[tokio::test]
 async fn issue_9_receipts_and_consistency_proofs_across_cache_blocks() {
     // The readers keep only complete blocks of 256 envelopes and read the
