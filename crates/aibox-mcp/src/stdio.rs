@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use aibox_core::audit::EventKind;
+use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -86,9 +87,22 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The write end of a process's stdin, shared by every caller.
+type Stdin = Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>;
+
+/// A request as it goes on the wire, serialised straight from borrowed
+/// parts (no intermediate `Value` map per call).
+#[derive(serde::Serialize)]
+struct OutgoingRequest<'a> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'a str,
+    params: &'a Value,
+}
+
 /// One live connection to a running process.
 struct Conn {
-    out: mpsc::Sender<Vec<u8>>,
+    stdin: Stdin,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>>>>,
     next_id: AtomicU64,
     alive: AtomicBool,
@@ -97,9 +111,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(out: mpsc::Sender<Vec<u8>>) -> Self {
+    fn new(stdin: tokio::process::ChildStdin) -> Self {
         Self {
-            out,
+            stdin: Arc::new(tokio::sync::Mutex::new(stdin)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
@@ -107,12 +121,45 @@ impl Conn {
         }
     }
 
-    async fn send(&self, msg: &Value) -> Result<(), CallError> {
-        let line = serde_json::to_vec(msg).map_err(|e| CallError::Protocol(e.to_string()))?;
-        self.out
-            .send(line)
-            .await
-            .map_err(|_| CallError::Unavailable("the server's stdin is closed".into()))
+    async fn send(&self, msg: &impl serde::Serialize) -> Result<(), CallError> {
+        let mut line = Vec::with_capacity(256);
+        serde_json::to_writer(&mut line, msg).map_err(|e| CallError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.write_line(line).await
+    }
+
+    /// Writes one message line on the process's stdin.
+    ///
+    /// The caller writes it itself rather than handing it to a writer
+    /// task: a hand-off costs a task wake-up on every call, and a pipe with
+    /// room (the common case) takes the whole line at once without waiting.
+    /// Only when the pipe is full does a task take over the rest, holding
+    /// the lock until it is written, so that a caller that gives up (its
+    /// future dropped on a timeout or a client that went away) never leaves
+    /// half a message for the next one to be appended to.
+    async fn write_line(&self, line: Vec<u8>) -> Result<(), CallError> {
+        let closed = || CallError::Unavailable("the server's stdin is closed".into());
+        let mut stdin = self.stdin.clone().lock_owned().await;
+        let mut written = 0;
+        while written < line.len() {
+            // One poll: a pipe write either takes some bytes at once or
+            // takes none and reports that it would wait.
+            match (&mut *stdin).write(&line[written..]).now_or_never() {
+                Some(Ok(0) | Err(_)) => return Err(closed()),
+                Some(Ok(n)) => written += n,
+                None => break,
+            }
+        }
+        if written == line.len() {
+            return Ok(());
+        }
+        tokio::spawn(async move {
+            let rest = line.get(written..).unwrap_or_default();
+            stdin.write_all(rest).await
+        })
+        .await
+        .map_err(|_| closed())?
+        .map_err(|_| closed())
     }
 
     async fn request(
@@ -129,7 +176,13 @@ impl Conn {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
         }
-        if let Err(e) = self.send(&protocol::request(id, method, params)).await {
+        let msg = OutgoingRequest {
+            jsonrpc: "2.0",
+            id,
+            method,
+            params: &params,
+        };
+        if let Err(e) = self.send(&msg).await {
             self.forget(id);
             return Err(e);
         }
@@ -268,6 +321,12 @@ impl StdioServer {
     /// server that failed twice in a row is not waited for: one broken
     /// server must not slow down every tool list.
     async fn live_conn(&self, wait: Duration) -> Result<Arc<Conn>, CallError> {
+        // The common case, a running process, needs no subscription.
+        if let Some(c) = self.inner.current()
+            && c.alive.load(Ordering::SeqCst)
+        {
+            return Ok(c);
+        }
         let mut changed = self.inner.changed.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -646,17 +705,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     }
     inner.set_status(|s| s.pid = Some(pid));
 
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-    let writer = tokio::spawn(async move {
-        let mut stdin = stdin;
-        while let Some(mut line) = out_rx.recv().await {
-            line.push(b'\n');
-            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                break;
-            }
-        }
-    });
-    let conn = Arc::new(Conn::new(out_tx));
+    let conn = Arc::new(Conn::new(stdin));
     let (refresh_tx, mut refresh_rx) = mpsc::channel::<()>(1);
     let mut reader = tokio::spawn(read_loop(
         inner.name.clone(),
@@ -755,7 +804,6 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     if let Ok(mut c) = inner.conn.write() {
         *c = None;
     }
-    writer.abort();
     reader.abort();
     stderr_task.abort();
     drop(guard);
@@ -879,13 +927,13 @@ async fn read_loop(
             v => vec![v],
         };
         for m in messages {
-            handle_message(&server, &conn, &refresh, m).await;
+            handle_message(&server, &conn, &refresh, m);
         }
     }
     conn.close();
 }
 
-async fn handle_message(server: &str, conn: &Conn, refresh: &mpsc::Sender<()>, m: Value) {
+fn handle_message(server: &str, conn: &Arc<Conn>, refresh: &mpsc::Sender<()>, m: Value) {
     match protocol::classify(m) {
         Ok(Message::Response { id, outcome }) => match id.as_u64() {
             Some(id) => conn.resolve(id, outcome),
@@ -909,7 +957,13 @@ async fn handle_message(server: &str, conn: &Conn, refresh: &mpsc::Sender<()>, m
                     ),
                 )
             };
-            let _ = conn.send(&reply).await;
+            // Answered from another task: the reader must never wait for
+            // stdin, or a server that stops reading its stdin until its
+            // stdout is read would block both for good.
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = conn.send(&reply).await;
+            });
         }
         Ok(Message::Notification { method, params }) => match method.as_str() {
             "notifications/tools/list_changed" => {
