@@ -93,11 +93,11 @@ type Stdin = Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>;
 /// A request as it goes on the wire, serialised straight from borrowed
 /// parts (no intermediate `Value` map per call).
 #[derive(serde::Serialize)]
-struct OutgoingRequest<'a> {
+struct OutgoingRequest<'a, P> {
     jsonrpc: &'static str,
     id: u64,
     method: &'a str,
-    params: &'a Value,
+    params: &'a P,
 }
 
 /// One live connection to a running process.
@@ -165,7 +165,7 @@ impl Conn {
     async fn request(
         &self,
         method: &str,
-        params: Value,
+        params: &(impl serde::Serialize + Sync),
         timeout: Duration,
     ) -> Result<Value, CallError> {
         if !self.alive.load(Ordering::SeqCst) {
@@ -180,7 +180,7 @@ impl Conn {
             jsonrpc: "2.0",
             id,
             method,
-            params: &params,
+            params,
         };
         if let Err(e) = self.send(&msg).await {
             self.forget(id);
@@ -343,6 +343,27 @@ impl StdioServer {
                 _ => return Err(CallError::Unavailable(self.inner.unavailable_reason())),
             }
         }
+    }
+}
+
+impl StdioServer {
+    /// One request to the live process, waiting for a (re)starting one
+    /// within `timeout`.
+    async fn send_request(
+        &self,
+        method: &str,
+        params: &(impl serde::Serialize + Sync),
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let started = tokio::time::Instant::now();
+        let conn = self.live_conn(self.inner.startup_wait.min(timeout)).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        conn.request(method, params, left)
+            .await
+            .map_err(|e| match e {
+                CallError::Timeout(_) => CallError::Timeout(timeout),
+                other => other,
+            })
     }
 }
 
@@ -720,7 +741,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
             let init = conn
                 .request(
                     "initialize",
-                    protocol::client_initialize_params(protocol::LATEST_PROTOCOL_VERSION),
+                    &protocol::client_initialize_params(protocol::LATEST_PROTOCOL_VERSION),
                     HANDSHAKE_TIMEOUT,
                 )
                 .await
@@ -876,7 +897,7 @@ async fn fetch_tools(
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        let result = conn.request("tools/list", params, timeout).await?;
+        let result = conn.request("tools/list", &params, timeout).await?;
         let (tools, next) = tools_page(&result)?;
         all.extend(tools);
         match next {
@@ -922,12 +943,13 @@ async fn read_loop(
                 continue;
             }
         };
-        let messages = match value {
-            Value::Array(items) => items,
-            v => vec![v],
-        };
-        for m in messages {
-            handle_message(&server, &conn, &refresh, m);
+        match value {
+            Value::Array(items) => {
+                for m in items {
+                    handle_message(&server, &conn, &refresh, m);
+                }
+            }
+            m => handle_message(&server, &conn, &refresh, m),
         }
     }
     conn.close();
@@ -1018,11 +1040,20 @@ impl Upstream for StdioServer {
         arguments: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
-        self.request(
-            "tools/call",
-            json!({"name": tool, "arguments": arguments}),
-            timeout,
-        )
+        // The params are serialised straight from their parts onto the
+        // wire, without building a map for them first.
+        #[derive(serde::Serialize)]
+        struct CallParams<'a> {
+            name: &'a str,
+            arguments: Value,
+        }
+        Box::pin(async move {
+            let params = CallParams {
+                name: tool,
+                arguments,
+            };
+            self.send_request("tools/call", &params, timeout).await
+        })
     }
 
     fn offers(&self) -> BoxFuture<'_, Result<Offers, CallError>> {
@@ -1038,17 +1069,7 @@ impl Upstream for StdioServer {
         params: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
-        Box::pin(async move {
-            let started = tokio::time::Instant::now();
-            let conn = self.live_conn(self.inner.startup_wait.min(timeout)).await?;
-            let left = timeout.saturating_sub(started.elapsed());
-            conn.request(method, params, left)
-                .await
-                .map_err(|e| match e {
-                    CallError::Timeout(_) => CallError::Timeout(timeout),
-                    other => other,
-                })
-        })
+        Box::pin(async move { self.send_request(method, &params, timeout).await })
     }
 
     fn health(&self) -> ServerHealth {
