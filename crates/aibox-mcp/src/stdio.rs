@@ -162,8 +162,11 @@ impl Conn {
         .map_err(|_| closed())
     }
 
+    /// Sends a request and waits for its answer; `timeout` covers both,
+    /// since writing waits too when a server stops reading its stdin and
+    /// the pipe fills up.
     async fn request(
-        &self,
+        self: &Arc<Self>,
         method: &str,
         params: &(impl serde::Serialize + Sync),
         timeout: Duration,
@@ -171,6 +174,7 @@ impl Conn {
         if !self.alive.load(Ordering::SeqCst) {
             return Err(CallError::Unavailable("the server exited".into()));
         }
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -182,11 +186,18 @@ impl Conn {
             method,
             params,
         };
-        if let Err(e) = self.send(&msg).await {
-            self.forget(id);
-            return Err(e);
+        match tokio::time::timeout_at(deadline, self.send(&msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.forget(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.forget(id);
+                return Err(CallError::Timeout(timeout));
+            }
         }
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(CallError::Rpc(e)),
             Ok(Err(_)) => Err(CallError::Unavailable(
@@ -194,14 +205,17 @@ impl Conn {
             )),
             Err(_) => {
                 self.forget(id);
-                // Tell the server to stop working on it (MCP cancellation);
-                // a hung server will not read it, which is fine.
-                let _ = self
-                    .send(&protocol::notification(
+                // Tell the server to stop working on it (MCP cancellation),
+                // from another task: a hung server may not read its stdin,
+                // and the caller must not wait for that.
+                let conn = self.clone();
+                tokio::spawn(async move {
+                    let cancel = protocol::notification(
                         "notifications/cancelled",
                         Some(json!({"requestId": id, "reason": "aibox: the call timed out"})),
-                    ))
-                    .await;
+                    );
+                    let _ = conn.send(&cancel).await;
+                });
                 Err(CallError::Timeout(timeout))
             }
         }
@@ -887,7 +901,7 @@ async fn stop_child(guard: &GroupGuard, child: &mut Child) {
 
 async fn fetch_tools(
     server: &str,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     timeout: Duration,
 ) -> Result<Vec<ToolInfo>, CallError> {
     let mut all = Vec::new();

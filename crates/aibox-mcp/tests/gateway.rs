@@ -1751,6 +1751,32 @@ async fn stdio_messages_larger_than_the_pipe_arrive_whole() {
     assert_eq!(text_of(&slept.unwrap()), "slept");
     assert_eq!(text_of(&after.unwrap()), r#"{"after": 1}"#);
 
+    // A server that stops reading its stdin: calls still end at their
+    // timeout, also one that waits behind a write the full pipe holds up.
+    let busy = server.call("sleep", json!({"s": 1.0}), t);
+    let stuck = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let short = Duration::from_millis(200);
+        let r = server.call("echo", json!({"big": big}), short).await;
+        assert!(
+            matches!(r, Err(aibox_mcp::upstream::CallError::Timeout(_))),
+            "{r:?}"
+        );
+        let r = server.call("echo", json!({"small": 1}), short).await;
+        assert!(
+            matches!(r, Err(aibox_mcp::upstream::CallError::Timeout(_))),
+            "{r:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    };
+    let (slept, ()) = tokio::join!(busy, stuck);
+    assert_eq!(text_of(&slept.unwrap()), "slept");
+
     // Concurrent large messages each get their own answer.
     let calls = (0..16).map(|i| {
         let payload = format!("{i}-{}", "y".repeat(200 * 1024));
