@@ -144,7 +144,10 @@ impl Conn {
         while written < line.len() {
             // One poll: a pipe write either takes some bytes at once or
             // takes none and reports that it would wait.
-            match (&mut *stdin).write(&line[written..]).now_or_never() {
+            match stdin
+                .write(line.get(written..).unwrap_or_default())
+                .now_or_never()
+            {
                 Some(Ok(0) | Err(_)) => return Err(closed()),
                 Some(Ok(n)) => written += n,
                 None => break,
