@@ -3,7 +3,9 @@
 //! Each server gets one supervisor task that starts the process, speaks MCP
 //! to it over stdin/stdout (newline-delimited JSON-RPC, many calls in flight
 //! at once, matched by id), and starts it again with exponential backoff
-//! when it dies.
+//! when it dies. A call writes its request line on stdin itself (see
+//! `Conn::write_line`) and one reader task per process hands each answer
+//! to its caller, so a call costs one task hand-off, not two.
 //!
 //! The process is controlled:
 //! - its environment is cleared, then given only `PATH` (a fixed safe
