@@ -1,7 +1,7 @@
 """MCP tool-call overhead: the same MCP servers called directly and through
 aibox's `/mcp`, side by side in one run (issue 6's benchmark).
 
-Three pairs, each alternating a direct call and a call through aibox round
+Four pairs, each alternating a direct call and a call through aibox round
 by round so that machine noise hits both sides alike:
 
 - `stdio` (official MCP Python SDK client on both sides): the stdio server
@@ -18,6 +18,15 @@ by round so that machine noise hits both sides alike:
 - `http-lean` (a minimal client on both sides): raw JSON-RPC POSTs with
   `httpx` on one keep-alive connection, same server, so the client's share
   is as small as Python allows and the difference is aibox's own hop.
+- `stdio-lean` (a minimal client on both sides, the stdio analogue of
+  `http-lean`): directly, the script spawns the stdio server itself (with
+  only `PATH` in its environment, as aibox gives it) and writes and reads
+  newline-delimited JSON-RPC on its pipes (`initialize`,
+  `notifications/initialized`, then one `tools/call` per round); through
+  aibox, the same raw `httpx` POSTs as `http-lean` to aibox's `/mcp` in
+  front of the same server spawned by aibox. The client's own cost is as
+  small as Python allows on both sides, so the difference is aibox's HTTP
+  hop plus what it does per call on the child's pipes.
 
 Every call through aibox is the real thing: a gateway API key, CapToken
 verification, policy, the guardrail on arguments and result, and one
@@ -28,7 +37,7 @@ noise of a shared machine disturbs much less.
 
 Usage (from the repository root, after `cargo build --release -p aibox`):
 
-    .venv/bin/python bench/mcp_overhead.py [--calls 500] [--aibox target/release/aibox] [--pairs stdio,http-sdk,http-lean] [--baseline OTHER_AIBOX]
+    .venv/bin/python bench/mcp_overhead.py [--calls 500] [--aibox target/release/aibox] [--pairs stdio,http-sdk,http-lean,stdio-lean] [--baseline OTHER_AIBOX]
 
 Set `AIBOX_BENCH_PID_FILE=PATH` to have aibox's pid written there (to attach
 `perf record -p`).
@@ -194,6 +203,65 @@ class LeanClient:
             raise SystemExit(f"{name} failed: {res}")
 
 
+class LeanStdioClient:
+    """A minimal stdio MCP client: spawns the server itself, then writes one
+    newline-delimited JSON-RPC request per call on its stdin and reads lines
+    from its stdout until the answer with that id."""
+
+    def __init__(self, command: list[str], stderr_path: Path):
+        self.command = command
+        self.stderr_path = stderr_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.next_id = 1
+
+    async def send(self, msg: dict) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def rpc(self, method: str, params: dict) -> dict:
+        assert self.proc is not None and self.proc.stdout is not None
+        rid = self.next_id
+        self.next_id += 1
+        await self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"the stdio server exited: {self.stderr_path.read_text()[-2000:]}")
+            msg = json.loads(line)
+            # Notifications (e.g. log messages) and anything else are skipped.
+            if msg.get("id") != rid:
+                continue
+            if "error" in msg:
+                raise SystemExit(f"stdio {method}: {msg['error']}")
+            return msg["result"]
+
+    async def start(self) -> None:
+        # Only PATH, as aibox gives its child (stdio.rs, SAFE_PATH).
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=open(self.stderr_path, "w"), env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+            limit=4 * 1024 * 1024)
+        await self.rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                      "clientInfo": {"name": "bench-lean", "version": "1"}})
+        await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def call(self, name: str, args: dict) -> None:
+        res = await self.rpc("tools/call", {"name": name, "arguments": args})
+        if not res or res.get("isError"):
+            raise SystemExit(f"{name} failed: {res}")
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 def wait_line(proc: subprocess.Popen, needle: str, what: str, err: Path) -> str:
     assert proc.stdout is not None
     while True:
@@ -286,12 +354,12 @@ async def run(aibox: str, calls: int, pairs: list[str], baseline: str | None) ->
                             results += await pair("http-sdk", calls, via("upper", direct),
                                                   [(g.label, via("remote__upper", s), g.proc.pid) for g, s in sdk])
 
-        if "http-lean" in pairs:
-            def lean(tool: str, client: LeanClient) -> Call:
-                async def call(i: int) -> None:
-                    await client.call(tool, {"text": f"hello {i}"})
-                return call
+        def lean(tool: str, client: LeanClient | LeanStdioClient) -> Call:
+            async def call(i: int) -> None:
+                await client.call(tool, {"text": f"hello {i}"})
+            return call
 
+        if "http-lean" in pairs:
             direct_lean = LeanClient(http_url, {})
             await direct_lean.start()
             sides = []
@@ -300,6 +368,19 @@ async def run(aibox: str, calls: int, pairs: list[str], baseline: str | None) ->
                 await c.start()
                 sides.append((g.label, lean("remote__upper", c), g.proc.pid))
             results += await pair("http-lean", calls, lean("upper", direct_lean), sides)
+
+        if "stdio-lean" in pairs:
+            direct_stdio = LeanStdioClient([sys.executable, str(STDIO_SERVER)], work / "stdio_server.stderr")
+            await direct_stdio.start()
+            try:
+                sides = []
+                for g in gateways:
+                    c = LeanClient(g.url, g.headers)
+                    await c.start()
+                    sides.append((g.label, lean("local__echo", c), g.proc.pid))
+                results += await pair("stdio-lean", calls, lean("echo", direct_stdio), sides)
+            finally:
+                await direct_stdio.stop()
         print("SUMMARY " + json.dumps(results))
     finally:
         for p in reversed(procs):
@@ -314,7 +395,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--aibox", default=str(ROOT / "target" / "release" / "aibox"))
-    ap.add_argument("--pairs", default="stdio,http-sdk,http-lean")
+    ap.add_argument("--pairs", default="stdio,http-sdk,http-lean,stdio-lean")
     ap.add_argument("--baseline", default=None, help="a second aibox binary measured alongside (before/after)")
     a = ap.parse_args()
     asyncio.run(run(a.aibox, a.calls, a.pairs.split(","), a.baseline))

@@ -3,7 +3,9 @@
 //! Each server gets one supervisor task that starts the process, speaks MCP
 //! to it over stdin/stdout (newline-delimited JSON-RPC, many calls in flight
 //! at once, matched by id), and starts it again with exponential backoff
-//! when it dies.
+//! when it dies. A call writes its request line on stdin itself (see
+//! `Conn::write_line`) and one reader task per process hands each answer
+//! to its caller, so a call costs one task hand-off, not two.
 //!
 //! The process is controlled:
 //! - its environment is cleared, then given only `PATH` (a fixed safe
@@ -39,6 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use aibox_core::audit::EventKind;
+use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -86,9 +89,22 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The write end of a process's stdin, shared by every caller.
+type Stdin = Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>;
+
+/// A request as it goes on the wire, serialised straight from borrowed
+/// parts (no intermediate `Value` map per call).
+#[derive(serde::Serialize)]
+struct OutgoingRequest<'a, P> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'a str,
+    params: &'a P,
+}
+
 /// One live connection to a running process.
 struct Conn {
-    out: mpsc::Sender<Vec<u8>>,
+    stdin: Stdin,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>>>>,
     next_id: AtomicU64,
     alive: AtomicBool,
@@ -97,9 +113,9 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(out: mpsc::Sender<Vec<u8>>) -> Self {
+    fn new(stdin: tokio::process::ChildStdin) -> Self {
         Self {
-            out,
+            stdin: Arc::new(tokio::sync::Mutex::new(stdin)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
@@ -107,33 +123,86 @@ impl Conn {
         }
     }
 
-    async fn send(&self, msg: &Value) -> Result<(), CallError> {
-        let line = serde_json::to_vec(msg).map_err(|e| CallError::Protocol(e.to_string()))?;
-        self.out
-            .send(line)
-            .await
-            .map_err(|_| CallError::Unavailable("the server's stdin is closed".into()))
+    async fn send(&self, msg: &impl serde::Serialize) -> Result<(), CallError> {
+        let mut line = Vec::with_capacity(256);
+        serde_json::to_writer(&mut line, msg).map_err(|e| CallError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.write_line(line).await
     }
 
+    /// Writes one message line on the process's stdin.
+    ///
+    /// The caller writes it itself rather than handing it to a writer
+    /// task: a hand-off costs a task wake-up on every call, and a pipe with
+    /// room (the common case) takes the whole line at once without waiting.
+    /// Only when the pipe is full does a task take over the rest, holding
+    /// the lock until it is written, so that a caller that gives up (its
+    /// future dropped on a timeout or a client that went away) never leaves
+    /// half a message for the next one to be appended to.
+    async fn write_line(&self, line: Vec<u8>) -> Result<(), CallError> {
+        let closed = || CallError::Unavailable("the server's stdin is closed".into());
+        let mut stdin = self.stdin.clone().lock_owned().await;
+        let mut written = 0;
+        while written < line.len() {
+            // One poll: a pipe write either takes some bytes at once or
+            // takes none and reports that it would wait.
+            match stdin
+                .write(line.get(written..).unwrap_or_default())
+                .now_or_never()
+            {
+                Some(Ok(0) | Err(_)) => return Err(closed()),
+                Some(Ok(n)) => written += n,
+                None => break,
+            }
+        }
+        if written == line.len() {
+            return Ok(());
+        }
+        tokio::spawn(async move {
+            let rest = line.get(written..).unwrap_or_default();
+            stdin.write_all(rest).await
+        })
+        .await
+        .map_err(|_| closed())?
+        .map_err(|_| closed())
+    }
+
+    /// Sends a request and waits for its answer; `timeout` covers both,
+    /// since writing waits too when a server stops reading its stdin and
+    /// the pipe fills up.
     async fn request(
-        &self,
+        self: &Arc<Self>,
         method: &str,
-        params: Value,
+        params: &(impl serde::Serialize + Sync),
         timeout: Duration,
     ) -> Result<Value, CallError> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err(CallError::Unavailable("the server exited".into()));
         }
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
         }
-        if let Err(e) = self.send(&protocol::request(id, method, params)).await {
-            self.forget(id);
-            return Err(e);
+        let msg = OutgoingRequest {
+            jsonrpc: "2.0",
+            id,
+            method,
+            params,
+        };
+        match tokio::time::timeout_at(deadline, self.send(&msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.forget(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.forget(id);
+                return Err(CallError::Timeout(timeout));
+            }
         }
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(CallError::Rpc(e)),
             Ok(Err(_)) => Err(CallError::Unavailable(
@@ -141,14 +210,17 @@ impl Conn {
             )),
             Err(_) => {
                 self.forget(id);
-                // Tell the server to stop working on it (MCP cancellation);
-                // a hung server will not read it, which is fine.
-                let _ = self
-                    .send(&protocol::notification(
+                // Tell the server to stop working on it (MCP cancellation),
+                // from another task: a hung server may not read its stdin,
+                // and the caller must not wait for that.
+                let conn = self.clone();
+                tokio::spawn(async move {
+                    let cancel = protocol::notification(
                         "notifications/cancelled",
                         Some(json!({"requestId": id, "reason": "aibox: the call timed out"})),
-                    ))
-                    .await;
+                    );
+                    let _ = conn.send(&cancel).await;
+                });
                 Err(CallError::Timeout(timeout))
             }
         }
@@ -268,6 +340,12 @@ impl StdioServer {
     /// server that failed twice in a row is not waited for: one broken
     /// server must not slow down every tool list.
     async fn live_conn(&self, wait: Duration) -> Result<Arc<Conn>, CallError> {
+        // The common case, a running process, needs no subscription.
+        if let Some(c) = self.inner.current()
+            && c.alive.load(Ordering::SeqCst)
+        {
+            return Ok(c);
+        }
         let mut changed = self.inner.changed.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -284,6 +362,27 @@ impl StdioServer {
                 _ => return Err(CallError::Unavailable(self.inner.unavailable_reason())),
             }
         }
+    }
+}
+
+impl StdioServer {
+    /// One request to the live process, waiting for a (re)starting one
+    /// within `timeout`.
+    async fn send_request(
+        &self,
+        method: &str,
+        params: &(impl serde::Serialize + Sync),
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let started = tokio::time::Instant::now();
+        let conn = self.live_conn(self.inner.startup_wait.min(timeout)).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        conn.request(method, params, left)
+            .await
+            .map_err(|e| match e {
+                CallError::Timeout(_) => CallError::Timeout(timeout),
+                other => other,
+            })
     }
 }
 
@@ -646,17 +745,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     }
     inner.set_status(|s| s.pid = Some(pid));
 
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-    let writer = tokio::spawn(async move {
-        let mut stdin = stdin;
-        while let Some(mut line) = out_rx.recv().await {
-            line.push(b'\n');
-            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                break;
-            }
-        }
-    });
-    let conn = Arc::new(Conn::new(out_tx));
+    let conn = Arc::new(Conn::new(stdin));
     let (refresh_tx, mut refresh_rx) = mpsc::channel::<()>(1);
     let mut reader = tokio::spawn(read_loop(
         inner.name.clone(),
@@ -671,7 +760,7 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
             let init = conn
                 .request(
                     "initialize",
-                    protocol::client_initialize_params(protocol::LATEST_PROTOCOL_VERSION),
+                    &protocol::client_initialize_params(protocol::LATEST_PROTOCOL_VERSION),
                     HANDSHAKE_TIMEOUT,
                 )
                 .await
@@ -755,7 +844,6 @@ async fn run_once(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> Strin
     if let Ok(mut c) = inner.conn.write() {
         *c = None;
     }
-    writer.abort();
     reader.abort();
     stderr_task.abort();
     drop(guard);
@@ -818,7 +906,7 @@ async fn stop_child(guard: &GroupGuard, child: &mut Child) {
 
 async fn fetch_tools(
     server: &str,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     timeout: Duration,
 ) -> Result<Vec<ToolInfo>, CallError> {
     let mut all = Vec::new();
@@ -828,7 +916,7 @@ async fn fetch_tools(
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        let result = conn.request("tools/list", params, timeout).await?;
+        let result = conn.request("tools/list", &params, timeout).await?;
         let (tools, next) = tools_page(&result)?;
         all.extend(tools);
         match next {
@@ -874,18 +962,19 @@ async fn read_loop(
                 continue;
             }
         };
-        let messages = match value {
-            Value::Array(items) => items,
-            v => vec![v],
-        };
-        for m in messages {
-            handle_message(&server, &conn, &refresh, m).await;
+        match value {
+            Value::Array(items) => {
+                for m in items {
+                    handle_message(&server, &conn, &refresh, m);
+                }
+            }
+            m => handle_message(&server, &conn, &refresh, m),
         }
     }
     conn.close();
 }
 
-async fn handle_message(server: &str, conn: &Conn, refresh: &mpsc::Sender<()>, m: Value) {
+fn handle_message(server: &str, conn: &Arc<Conn>, refresh: &mpsc::Sender<()>, m: Value) {
     match protocol::classify(m) {
         Ok(Message::Response { id, outcome }) => match id.as_u64() {
             Some(id) => conn.resolve(id, outcome),
@@ -909,7 +998,13 @@ async fn handle_message(server: &str, conn: &Conn, refresh: &mpsc::Sender<()>, m
                     ),
                 )
             };
-            let _ = conn.send(&reply).await;
+            // Answered from another task: the reader must never wait for
+            // stdin, or a server that stops reading its stdin until its
+            // stdout is read would block both for good.
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = conn.send(&reply).await;
+            });
         }
         Ok(Message::Notification { method, params }) => match method.as_str() {
             "notifications/tools/list_changed" => {
@@ -964,11 +1059,20 @@ impl Upstream for StdioServer {
         arguments: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
-        self.request(
-            "tools/call",
-            json!({"name": tool, "arguments": arguments}),
-            timeout,
-        )
+        // The params are serialised straight from their parts onto the
+        // wire, without building a map for them first.
+        #[derive(serde::Serialize)]
+        struct CallParams<'a> {
+            name: &'a str,
+            arguments: Value,
+        }
+        Box::pin(async move {
+            let params = CallParams {
+                name: tool,
+                arguments,
+            };
+            self.send_request("tools/call", &params, timeout).await
+        })
     }
 
     fn offers(&self) -> BoxFuture<'_, Result<Offers, CallError>> {
@@ -984,17 +1088,7 @@ impl Upstream for StdioServer {
         params: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
-        Box::pin(async move {
-            let started = tokio::time::Instant::now();
-            let conn = self.live_conn(self.inner.startup_wait.min(timeout)).await?;
-            let left = timeout.saturating_sub(started.elapsed());
-            conn.request(method, params, left)
-                .await
-                .map_err(|e| match e {
-                    CallError::Timeout(_) => CallError::Timeout(timeout),
-                    other => other,
-                })
-        })
+        Box::pin(async move { self.send_request(method, &params, timeout).await })
     }
 
     fn health(&self) -> ServerHealth {

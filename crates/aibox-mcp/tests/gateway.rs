@@ -1697,6 +1697,104 @@ async fn issue_6_the_record_hashes_exactly_what_the_guardrail_scanned() {
     );
 }
 
+/// Callers write their messages on a stdio server's stdin themselves (no
+/// writer task). A message larger than the pipe cannot go in at once; one
+/// whose caller gives up while the pipe is full must still arrive whole,
+/// and so must messages written concurrently, or the server reads a broken
+/// line (this fake server then dies) and answers go to the wrong call.
+#[tokio::test]
+async fn stdio_messages_larger_than_the_pipe_arrive_whole() {
+    use aibox_mcp::upstream::Upstream as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("fake_server.py");
+    std::fs::write(&script, FAKE_SERVER).unwrap();
+    let spec = aibox_mcp::registry::StdioSpec {
+        command: python(),
+        args: vec![script.display().to_string()],
+        env: Default::default(),
+        secrets: Default::default(),
+        cwd: None,
+        limits: aibox_mcp::registry::Limits::default(),
+        sandbox: None,
+    };
+    let server = aibox_mcp::stdio::StdioServer::start(
+        "big",
+        spec,
+        Arc::new(MemoryAudit::new()),
+        Arc::new(EnvSecrets::from_env(&HashMap::new())),
+        aibox_mcp::stdio::SandboxDeps {
+            launcher: "/proc/self/exe".into(),
+            egress: Arc::new(aibox_mcp::UncheckedEgress::new().unwrap()),
+            pids: Default::default(),
+        },
+        Duration::from_secs(10),
+    );
+    let t = Duration::from_secs(20);
+    let text_of = |v: &Value| v["content"][0]["text"].as_str().unwrap().to_owned();
+    let pid = text_of(&server.call("pid", json!({}), t).await.unwrap());
+
+    // The server sleeps and reads nothing; a 1 MiB message fills the pipe
+    // (64 KiB) and its caller gives up before the rest is written.
+    let big = "x".repeat(1024 * 1024);
+    let busy = server.call("sleep", json!({"s": 0.5}), t);
+    let abandoned = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = tokio::time::timeout(
+            Duration::from_millis(100),
+            server.call("echo", json!({"big": big}), t),
+        )
+        .await;
+        assert!(r.is_err(), "the pipe should have been full: {r:?}");
+        server.call("echo", json!({"after": 1}), t).await
+    };
+    let (slept, after) = tokio::join!(busy, abandoned);
+    assert_eq!(text_of(&slept.unwrap()), "slept");
+    assert_eq!(text_of(&after.unwrap()), r#"{"after": 1}"#);
+
+    // A server that stops reading its stdin: calls still end at their
+    // timeout, also one that waits behind a write the full pipe holds up.
+    let busy = server.call("sleep", json!({"s": 1.0}), t);
+    let stuck = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let short = Duration::from_millis(200);
+        let r = server.call("echo", json!({"big": big}), short).await;
+        assert!(
+            matches!(r, Err(aibox_mcp::upstream::CallError::Timeout(_))),
+            "{r:?}"
+        );
+        let r = server.call("echo", json!({"small": 1}), short).await;
+        assert!(
+            matches!(r, Err(aibox_mcp::upstream::CallError::Timeout(_))),
+            "{r:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    };
+    let (slept, ()) = tokio::join!(busy, stuck);
+    assert_eq!(text_of(&slept.unwrap()), "slept");
+
+    // Concurrent large messages each get their own answer.
+    let calls = (0..16).map(|i| {
+        let payload = format!("{i}-{}", "y".repeat(200 * 1024));
+        let server = &server;
+        async move {
+            let r = server.call("echo", json!({"p": payload}), t).await.unwrap();
+            assert_eq!(text_of(&r), format!(r#"{{"p": "{payload}"}}"#));
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    // The same process all along: no broken line made it exit.
+    assert_eq!(
+        text_of(&server.call("pid", json!({}), t).await.unwrap()),
+        pid
+    );
+    server.shutdown().await;
+}
+
 /// Not a pass/fail test: prints the p50 of a tool call straight to the
 /// stdio server (aibox-mcp's client, no gateway) and through the whole
 /// `/mcp` router (session, policy, CapToken, audit record in memory).
