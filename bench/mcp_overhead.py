@@ -359,25 +359,26 @@ async def run(aibox: str, calls: int, pairs: list[str], baseline: str | None) ->
                 await client.call(tool, {"text": f"hello {i}"})
             return call
 
-        if "http-lean" in pairs:
-            direct_lean = LeanClient(http_url, {})
-            await direct_lean.start()
+        async def lean_sides(tool: str) -> list:
+            # The aibox sides of a lean pair: raw JSON-RPC POSTs to each /mcp.
             sides = []
             for g in gateways:
                 c = LeanClient(g.url, g.headers)
                 await c.start()
-                sides.append((g.label, lean("remote__upper", c), g.proc.pid))
+                sides.append((g.label, lean(tool, c), g.proc.pid))
+            return sides
+
+        if "http-lean" in pairs:
+            direct_lean = LeanClient(http_url, {})
+            await direct_lean.start()
+            sides = await lean_sides("remote__upper")
             results += await pair("http-lean", calls, lean("upper", direct_lean), sides)
 
         if "stdio-lean" in pairs:
             direct_stdio = LeanStdioClient([sys.executable, str(STDIO_SERVER)], work / "stdio_server.stderr")
             await direct_stdio.start()
             try:
-                sides = []
-                for g in gateways:
-                    c = LeanClient(g.url, g.headers)
-                    await c.start()
-                    sides.append((g.label, lean("local__echo", c), g.proc.pid))
+                sides = await lean_sides("local__echo")
                 results += await pair("stdio-lean", calls, lean("echo", direct_stdio), sides)
             finally:
                 await direct_stdio.stop()
