@@ -5,11 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aibox_config::{Config, DatabaseUrl};
+use aibox_config::Config;
 use aibox_gateway::{AppState, SigningKeys};
 use aibox_identity::{KeyringKind, load_keyring};
 use aibox_limits::Limiter;
-use aibox_store::Store;
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -331,20 +330,7 @@ async fn serve(
     started: Instant,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let store = match &cfg.database.url {
-        DatabaseUrl::Sqlite(path) => {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || Store::open_sqlite(&path)).await??
-        }
-        DatabaseUrl::Postgres(url) => {
-            Store::connect_postgres_with_pool(
-                url.expose(),
-                usize::try_from(cfg.database.max_connections)
-                    .unwrap_or(aibox_store::DEFAULT_PG_MAX_CONNECTIONS),
-            )
-            .await?
-        }
-    };
+    let store = crate::apikey::open_store(&cfg).await?;
     let limiter = match &cfg.redis_url {
         Some(url) => Limiter::with_redis(cfg.limits.clone(), url, "aibox")
             .await
