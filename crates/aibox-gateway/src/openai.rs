@@ -213,11 +213,14 @@ fn account(
             })
             .inc_by(n);
     }
+    let total = usage.total_tokens;
+    if st.limiter.record_tokens_in_place(principal, total) {
+        return;
+    }
+    // Token limits in Redis: recording them must not hold up the response,
+    // and a summary can arrive from a drop outside a task.
     let limiter = st.limiter.clone();
     let principal = principal.clone();
-    let total = usage.total_tokens;
-    // Token limits may live in Redis; recording them must not hold up the
-    // response, and a summary can arrive from a drop outside a task.
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move { limiter.record_tokens(&principal, total).await });
     }

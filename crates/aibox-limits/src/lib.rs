@@ -142,6 +142,29 @@ impl Limiter {
         }
     }
 
+    /// Records the tokens at once when that needs no network: no token
+    /// budget applies, or the counters are in memory. Returns false when
+    /// they must still go to Redis through [`Limiter::record_tokens`],
+    /// which the caller can run off the response path.
+    ///
+    /// A turn that records in memory thus spawns no task: on a
+    /// multi-threaded runtime every spawn may wake another worker thread,
+    /// which at low concurrency cost each turn a cross-core wake-up for
+    /// what is a few atomic additions (issue 2).
+    pub fn record_tokens_in_place(&self, principal: &Principal, tokens: u64) -> bool {
+        let rates = Rates::for_principal(&self.cfg.load(), principal);
+        if tokens == 0 || !rates.counts_tokens() {
+            return true;
+        }
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.record_tokens(&rates, principal, tokens, window::now_ms());
+                true
+            }
+            Backend::Redis(_) => false,
+        }
+    }
+
     /// Replaces the limits (a config reload). Counters of the current
     /// windows are kept, so a reload neither resets nor doubles a budget;
     /// a decision in flight finishes with the limits it read.

@@ -88,6 +88,28 @@ async fn tpm_blocks_once_recorded_tokens_reach_the_limit() {
 }
 
 #[tokio::test]
+async fn issue_2_tokens_recorded_in_place_count_like_recorded_ones() {
+    // The gateway records a turn's tokens in place, without spawning a
+    // task, whenever the counters are in memory; they must count exactly
+    // as `record_tokens` does.
+    fresh_local_window().await;
+    let l = Limiter::in_memory(limits(rate(None, None), rate(None, Some(100))));
+    let a = who("acme", "alice");
+    assert!(l.record_tokens_in_place(&a, 60), "in memory: recorded here");
+    assert!(l.admit(&a).await.is_ok(), "60 of 100 used");
+    assert!(l.record_tokens_in_place(&a, 40));
+    let d = l.admit(&a).await.unwrap_err();
+    assert_eq!(
+        (d.scope, d.kind, d.limit),
+        (Scope::User, LimitKind::Tokens, 100)
+    );
+    // Nothing to count is done at once too.
+    let free = Limiter::in_memory(limits(rate(None, None), rate(None, None)));
+    assert!(free.record_tokens_in_place(&a, 1_000_000));
+    assert!(free.admit(&a).await.is_ok());
+}
+
+#[tokio::test]
 async fn tenant_tpm_blocks_every_user_of_the_tenant() {
     fresh_local_window().await;
     let l = Limiter::in_memory(limits(rate(None, Some(10)), rate(None, None)));

@@ -95,6 +95,28 @@ async fn two_instances_share_tpm() {
 }
 
 #[tokio::test]
+async fn issue_2_redis_tokens_are_never_recorded_in_place() {
+    // Shared budgets must reach Redis: the in-place path refuses them, so
+    // the gateway runs `record_tokens` off the response path instead.
+    let prefix = unique_prefix();
+    let cfg = limits(rate(None, None), rate(None, Some(100)));
+    let a = redis_limiter(cfg.clone(), &prefix).await;
+    let b = redis_limiter(cfg, &prefix).await;
+    fresh_redis_window().await;
+    let alice = who("acme", "alice");
+    assert!(
+        !a.record_tokens_in_place(&alice, 100),
+        "Redis needs the network"
+    );
+    assert!(
+        b.admit(&alice).await.is_ok(),
+        "nothing was counted in place"
+    );
+    a.record_tokens(&alice, 100).await;
+    assert!(b.admit(&alice).await.is_err(), "recorded through Redis");
+}
+
+#[tokio::test]
 async fn a_denied_request_counts_nothing_in_redis() {
     let prefix = unique_prefix();
     let l = redis_limiter(limits(rate(Some(3), None), rate(Some(1), None)), &prefix).await;
