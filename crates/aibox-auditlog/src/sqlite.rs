@@ -1,9 +1,8 @@
 //! The SQLite backend of the embedded default.
 //!
-//! Appends queue up and one writer thread (the drain thread, see
-//! [`Committer`]) seals every queued turn in one `BEGIN IMMEDIATE`
-//! transaction (group commit).
-//! The database runs in WAL mode with `synchronous=FULL`,
+//! One writer thread owns the read-write connection and seals every queued
+//! turn of a drain of its channel in one `BEGIN IMMEDIATE` transaction
+//! (group commit). The database runs in WAL mode with `synchronous=FULL`,
 //! so a commit has reached the disk (the WAL is fsynced) before any
 //! `append_turn` of the batch returns: an audit record acknowledged to the
 //! caller survives a power loss, not only a process crash. Group commit is
@@ -21,9 +20,11 @@
 //! trigger sits on an audit table (a `BEFORE INSERT ... RAISE(IGNORE)` could
 //! silently drop rows), and refuses to start otherwise.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread;
 
 use aibox_audit::merkle::Hash;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior};
@@ -286,10 +287,10 @@ fn register_key(conn: &mut Connection, fingerprint: &str) -> Result<(u32, bool),
 /// The SQLite audit log.
 #[derive(Clone)]
 pub(crate) struct SqliteLog {
-    committer: Arc<Committer>,
+    tx: std_mpsc::Sender<Request>,
     /// Held only so that the checkpointer thread stops when the last
     /// handle on the log is dropped.
-    _checkpointer: std::sync::mpsc::SyncSender<()>,
+    _checkpointer: std_mpsc::SyncSender<()>,
     path: PathBuf,
     reader: Arc<Mutex<Connection>>,
     trees: Arc<TreeCache>,
@@ -323,7 +324,7 @@ fn open_reader(path: &Path) -> Result<Connection, AuditLogError> {
 
 impl SqliteLog {
     /// Opens (creating if needed) the audit database, checks its guards,
-    /// registers the key version and sets up the committer. Returns the
+    /// registers the key version and starts the writer thread. Returns the
     /// log, the key version and whether that version is new.
     pub(crate) fn open(
         path: &Path,
@@ -352,19 +353,20 @@ impl SqliteLog {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
             .map_err(|e| open_err(path, e))?;
         let checkpoint_conn = open_conn(path)?;
-        let (stop, stopped) = std::sync::mpsc::sync_channel(0);
-        std::thread::Builder::new()
+        let (stop, stopped) = std_mpsc::sync_channel(0);
+        thread::Builder::new()
             .name("aibox-audit-ckpt".into())
             .spawn(move || checkpointer(&checkpoint_conn, &stopped))
             .map_err(|e| open_err(path, e))?;
-        let committer = Committer::start(WriterCore {
-            conn,
-            writer: Writer::new(signing.clone()),
-        })
-        .map_err(|e| open_err(path, e))?;
+        let (tx, rx) = std_mpsc::channel();
+        let writer = Writer::new(signing.clone());
+        thread::Builder::new()
+            .name("aibox-audit-sqlite".into())
+            .spawn(move || writer_loop(conn, writer, rx))
+            .map_err(|e| open_err(path, e))?;
         Ok((
             Self {
-                committer,
+                tx,
                 _checkpointer: stop,
                 path: path.to_path_buf(),
                 reader: Arc::new(Mutex::new(reader)),
@@ -377,10 +379,10 @@ impl SqliteLog {
         ))
     }
 
-    /// Queues `req` for the drain thread (see [`Committer`]); the reply
+    /// Queues `req` for the writer thread (see `writer_loop`); the reply
     /// arrives on `req.reply`.
     pub(crate) fn submit(&self, req: Request) -> Result<(), AuditLogError> {
-        self.committer.submit(req)
+        self.tx.send(req).map_err(|_| AuditLogError::Closed)
     }
 
     /// Runs `f` with the shared read connection on the blocking pool.
@@ -1350,10 +1352,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// writer, and once the WAL is fully copied the next commit starts it
 /// again from the top, so it stays small. Nothing here touches durability:
 /// a commit is durable once its WAL frames are synced, checkpointed or not.
-fn checkpointer(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+fn checkpointer(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
     let mut warned = false;
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             Ok(()) => warned = false,
             // The commits' own backstop checkpoints keep the WAL bounded
@@ -1368,148 +1369,47 @@ fn checkpointer(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// The read-write connection and the writer's in-memory heads: whoever
-/// holds them commits.
-struct WriterCore {
-    conn: Connection,
-    writer: Writer,
-}
-
-/// Group commit on one writer thread.
-///
-/// A caller queues its turn and wakes the writer (the *drain thread*),
-/// which commits until the queue is empty, batching whatever queued
-/// meanwhile: one transaction and one fsync for every turn that waited.
+/// The writer thread: owns the read-write connection and commits every
+/// turn queued meanwhile in one transaction (group commit: one fsync for
+/// all of them).
 ///
 /// Session 6 had the caller commit its own turn inline when it found the
-/// connection free, to save the two thread wake-ups of the hand-off (wake
+/// connection free, to save the two thread wake-ups of this hand-off (wake
 /// the writer, wake the caller). Measured side by side on this kind of VM
-/// (`bench/ab.sh`, 12 alternating rounds, c=1), it was the slower design:
+/// (`bench/ab.sh`, 12 alternating rounds, c=1), that was the slower design:
 /// 0.54 ms p50 for a turn against 0.49 ms with the hand-off, the audit
 /// database on tmpfs, and 0.64-0.70 ms against 0.56 ms on disk. A turn's
 /// commit blocked the runtime worker that also drives its connection,
 /// while the hand-off lets the two vCPUs overlap the commit with the
 /// runtime's own work.
-pub(crate) struct Committer {
-    queue: Mutex<VecDeque<Request>>,
-    core: Mutex<WriterCore>,
-    /// Wakes the drain thread; a full buffer means a wake is pending.
-    wake: std::sync::mpsc::SyncSender<()>,
-}
-
-impl Committer {
-    /// Makes the committer and starts its drain thread, which stops once
-    /// the last handle on the committer is dropped.
-    fn start(core: WriterCore) -> std::io::Result<Arc<Self>> {
-        let (wake, woken) = std::sync::mpsc::sync_channel(1);
-        let this = Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
-            core: Mutex::new(core),
-            wake,
-        });
-        let weak = Arc::downgrade(&this);
-        std::thread::Builder::new()
-            .name("aibox-audit-drain".into())
-            .spawn(move || {
-                while woken.recv().is_ok() {
-                    let Some(this) = weak.upgrade() else { return };
-                    this.drain();
+fn writer_loop(mut conn: Connection, mut writer: Writer, rx: std_mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut events = first.prepared.events.len();
+        let mut batch = vec![first];
+        // Drain whatever else is queued so one commit (one fsync) covers it.
+        while events < MAX_BATCH_EVENTS {
+            match rx.try_recv() {
+                Ok(r) => {
+                    events += r.prepared.events.len();
+                    batch.push(r);
                 }
-            })?;
-        Ok(this)
-    }
-
-    /// Queues `req` and wakes the drain thread. Nothing is stranded: the
-    /// wake is sent after the turn is queued, and after every wake the
-    /// drain thread empties the queue.
-    fn submit(&self, req: Request) -> Result<(), AuditLogError> {
-        self.queue
-            .lock()
-            .map_err(|_| AuditLogError::Closed)?
-            .push_back(req);
-        self.wake_drain();
-        Ok(())
-    }
-
-    fn wake_drain(&self) {
-        match self.wake.try_send(()) {
-            Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => {}
-            // The drain thread is gone (it cannot be, short of a panic):
-            // fail closed rather than leave turns waiting forever.
-            Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
-                self.fail_queued(&AuditLogError::Closed);
+                Err(_) => break,
             }
         }
-    }
-
-    /// The drain thread's work after a wake: commit batches until the
-    /// queue is empty.
-    fn drain(&self) {
-        loop {
-            let mut core = match self.core.lock() {
-                Ok(core) => core,
-                Err(_) => {
-                    // A commit panicked half-way: the in-memory heads
-                    // cannot be trusted any more, so every turn fails
-                    // closed from now on.
-                    self.fail_queued(&AuditLogError::Closed);
-                    return;
-                }
-            };
-            let batch = self.take_batch();
-            if batch.is_empty() {
-                return;
-            }
-            core.commit(batch);
-        }
-    }
-
-    /// The oldest queued turns, up to `MAX_BATCH_EVENTS` events (at least
-    /// one turn).
-    fn take_batch(&self) -> Vec<Request> {
-        let Ok(mut q) = self.queue.lock() else {
-            return Vec::new();
-        };
-        let mut events = 0;
-        let mut batch = Vec::new();
-        while let Some(r) = q.front() {
-            let n = r.prepared.events.len();
-            if !batch.is_empty() && events + n > MAX_BATCH_EVENTS {
-                break;
-            }
-            events += n;
-            batch.extend(q.pop_front());
-        }
-        batch
-    }
-
-    fn fail_queued(&self, e: &AuditLogError) {
-        let drained: Vec<Request> = match self.queue.lock() {
-            Ok(mut q) => q.drain(..).collect(),
-            Err(_) => return,
-        };
-        for r in drained {
-            let _ = r.reply.send(Err(e.clone()));
-        }
-    }
-}
-
-impl WriterCore {
-    /// Commits `batch` in one transaction and answers every turn in it.
-    fn commit(&mut self, batch: Vec<Request>) {
         let (prepared, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|r| (r.prepared, r.reply)).unzip();
         let tenants = state::batch_tenants(&prepared);
-        match commit_batch(&mut self.conn, &mut self.writer, prepared) {
+        let result = commit_batch(&mut conn, &mut writer, prepared);
+        match result {
             Ok(staged) => {
-                self.writer.committed(&staged);
+                writer.committed(&staged);
                 for (reply, outcome) in replies.into_iter().zip(staged.outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, turns = replies.len(), "audit transaction failed; nothing of it was written");
-                self.writer.rolled_back(&tenants);
+                writer.rolled_back(&tenants);
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -1530,62 +1430,4 @@ fn commit_batch(
         .unwrap_or(Err(AuditLogError::Closed))?;
     tx.commit().map_err(db)?;
     Ok(staged)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use aibox_core::audit::{AuditEvent, EventKind, TurnStatus};
-    use aibox_core::{TenantId, TurnId};
-
-    fn request(
-        tenant: &TenantId,
-    ) -> (
-        Request,
-        tokio::sync::oneshot::Receiver<Result<format::TurnRecord, AuditLogError>>,
-    ) {
-        let turn = TurnId::generate();
-        let events = vec![AuditEvent {
-            tenant: tenant.clone(),
-            turn: Some(turn.clone()),
-            request_id: None,
-            at_ms: 1_700_000_000_000,
-            kind: EventKind::TurnEnd {
-                status: TurnStatus::Ok,
-                duration_ms: 1,
-            },
-        }];
-        let prepared = state::prepare(tenant, Some(turn), events).unwrap();
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        (Request { prepared, reply }, rx)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn issue_4_a_turn_queued_during_a_commit_is_not_stranded() {
-        // The narrow case the stress test rarely hits: a turn queued while
-        // a commit holds the connection, just after that commit last looked
-        // at the queue. Its caller must wake the drain thread, or nobody
-        // ever commits it.
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _, _) = SqliteLog::open(
-            &dir.path().join("audit.db"),
-            "k1-0123456789abcdef0123456789abcdef",
-            "aibox.local/audit",
-        )
-        .unwrap();
-        let tenant = TenantId::new("acme").unwrap();
-        let held = log.committer.core.lock().unwrap();
-        let (req, rx) = request(&tenant);
-        log.submit(req).unwrap();
-        // The holder lets go without looking at the queue again.
-        drop(held);
-        let rec = tokio::time::timeout(std::time::Duration::from_secs(10), rx)
-            .await
-            .expect("the queued turn was stranded")
-            .unwrap()
-            .unwrap();
-        assert_eq!((rec.first_seq, rec.leaf_index), (1, 0));
-    }
 }

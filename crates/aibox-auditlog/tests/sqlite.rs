@@ -686,12 +686,10 @@ async fn concurrent_appends_form_one_chain_per_tenant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_4_leader_commits_strand_no_turn_and_batch_a_backlog() {
-    // Turns are handed to the drain thread, which commits until the queue
-    // is empty. A turn queued just as a commit lets go must still be
-    // committed: 64 tasks append in tight
-    // loops, each append bounded by a timeout, so a stranded turn fails the
-    // test instead of hanging it. A backlog must be batched (fewer
+async fn issue_4_concurrent_appends_strand_no_turn_and_batch_a_backlog() {
+    // Every turn queued while a commit runs must be committed by a later
+    // one: 64 tasks append in tight loops, each append bounded by a
+    // timeout, so a stranded turn fails the test instead of hanging it. A backlog must be batched (fewer
     // checkpoints than envelopes), and the chain must verify.
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir.path().join("audit.db"), KEY1);
