@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -122,6 +123,56 @@ def test_wrong_credentials_are_refused(cluster, browser, shots, method, secret):
     # No session was opened.
     assert not [c for c in browser.cookies() if "aibox_session" in c["name"]]
     assert httpx.get(d.url + "/api/session").status_code == 401
+
+
+def system_actions(d: Dash) -> list[dict]:
+    """The `ops_action` events of the `_aibox` tenant, read from the audit
+    database itself (read-only)."""
+    db = sqlite3.connect(f"file:{d.gw.cwd / 'data' / 'audit.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT event FROM audit_rows WHERE tenant = '_aibox' ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    events = [json.loads(r[0]) for r in rows]
+    return [e for e in events if e["type"] == "ops_action"]
+
+
+def test_dashboard_logins_and_logouts_are_audited_and_a_login_fails_closed(cluster):
+    """Who logged in to the dashboard, and when they left, is in the system
+    tenant's log; a refused login writes nothing there; and a login the audit
+    log cannot take is refused with 503, no session handed out."""
+    d = dashboard(cluster)
+    with httpx.Client(base_url=d.url) as c:
+        r = c.post("/api/login", json={"token": TOKEN})
+        assert r.status_code == 200, r.text
+        logins = [a for a in system_actions(d) if a["action"] == "dashboard_login"]
+        assert [(a["actor"], a["target"], a["ok"]) for a in logins] == [("dashboard", "method=token", True)]
+
+        before = system_actions(d)
+        assert httpx.post(d.url + "/api/login", json={"token": "not-the-token"}).status_code == 401
+        assert httpx.post(d.url + "/api/login", json={"password": "wrong horse"}).status_code == 401
+        assert system_actions(d) == before, "a refused login was written to the log"
+
+        out = c.post("/api/logout", headers={"X-CSRF-Token": r.json()["csrf"], "Origin": d.url})
+        assert out.status_code == 200, out.text
+        assert [a["target"] for a in system_actions(d) if a["action"] == "dashboard_logout"] == ["method=token"]
+
+    r = httpx.post(d.url + "/api/login", json={"password": PASSWORD})
+    assert r.status_code == 200, r.text
+    assert [a["target"] for a in system_actions(d) if a["action"] == "dashboard_login"] == ["method=token", "method=password"]
+
+    # The audit log stops taking rows (a trigger the test adds refuses every
+    # insert): the next login is refused, and its session never works.
+    db = sqlite3.connect(d.gw.cwd / "data" / "audit.db")
+    db.execute("CREATE TRIGGER test_audit_down BEFORE INSERT ON audit_rows BEGIN SELECT RAISE(ABORT, 'test: audit down'); END")
+    db.commit()
+    db.close()
+    with httpx.Client(base_url=d.url) as c:
+        r = c.post("/api/login", json={"token": TOKEN})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        assert "set-cookie" not in r.headers
+        assert c.get("/api/session").status_code == 401
 
 
 def test_token_login_shows_the_turn_verifies_and_downloads_its_receipt(cluster, browser, shots, tmp_path):

@@ -158,6 +158,10 @@ def test_issue8_sso_login_in_the_browser_admin_in_and_non_admin_refused(cluster,
         "fetch('/api/audit/_aibox/verify', {method: 'POST', headers: {'X-CSRF-Token': '%s'}}).then(r => r.status)" % s["csrf"]
     )
     assert r == 200
+    # The login is in the system tenant's log, with who logged in.
+    rows = page.evaluate("fetch('/api/audit/_aibox').then(r => r.json())")["rows"]
+    logins = [row["event"] for row in rows if row["event"]["type"] == "ops_action" and row["event"]["action"] == "dashboard_login"]
+    assert [a["target"] for a in logins] == ["method=oidc user=acme/alice"], logins
 
     # Bob has no admin role: the provider logs him in, aibox refuses him.
     page.click("#logout")

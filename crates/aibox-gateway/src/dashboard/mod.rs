@@ -413,7 +413,7 @@ async fn login_inner(
             e.to_string(),
         )
     })?;
-    tracing::info!(method, "dashboard login");
+    record_login(state, &id, method, None).await?;
     let ttl = state.dashboard.ttl().as_secs();
     let cookie = session_set_cookie(state, &id);
     let mut resp = Json(serde_json::json!({
@@ -564,13 +564,49 @@ async fn sso_callback(
             return sso_refused(&state, &sso::SsoError::Unavailable(e.to_string()));
         }
     };
-    tracing::info!(method = "oidc", user = %who, "dashboard login");
+    if let Err(e) = record_login(&state, &id, "oidc", Some(who.as_str())).await {
+        return e.into_response();
+    }
     let mut resp = see_other("/");
     if let Ok(v) = HeaderValue::from_str(&session_set_cookie(&state, &id)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     expire_sso_cookie(&state, &mut resp);
     resp
+}
+
+/// Records a dashboard login (an `ops_action` in the `_aibox` tenant)
+/// before its session is handed out. A login the audit log cannot take is
+/// refused, and its session closed: an administrator's access is an event of
+/// the record like any turn. Refused logins are counted in
+/// `aibox_ops_auth_failures_total` and logged, not recorded, so that an
+/// unauthenticated caller cannot write to the durable log at will.
+async fn record_login(
+    state: &AppState,
+    session: &str,
+    method: &str,
+    user: Option<&str>,
+) -> Result<(), ApiError> {
+    let target = match user {
+        Some(u) => format!("method={method} user={u}"),
+        None => format!("method={method}"),
+    };
+    match crate::ops::record_ops_action(state, "dashboard", "dashboard_login", target, true).await {
+        Ok(()) => {
+            tracing::info!(method, user = user.unwrap_or(""), "dashboard login");
+            Ok(())
+        }
+        Err(_) => {
+            state.dashboard.close(session);
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "audit_unavailable",
+                "the login could not be recorded in the audit log, so it was refused; \
+                 check the audit database (aibox doctor, /readyz) and try again",
+            ))
+        }
+    }
 }
 
 fn refused_login(state: &AppState, method: &str) -> ApiError {
@@ -603,7 +639,23 @@ async fn logout(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
     if let Caller::Session(id) = caller {
+        let who = state.dashboard.get(&id).map(|s| match s.user {
+            Some(u) => format!("method={} user={u}", s.method),
+            None => format!("method={}", s.method),
+        });
         state.dashboard.close(&id);
+        // The session is gone whether or not the record is taken: a logout
+        // never fails (record_ops_action logs a failure loudly).
+        if let Some(target) = who {
+            let _ = crate::ops::record_ops_action(
+                &state,
+                "dashboard",
+                "dashboard_logout",
+                target,
+                true,
+            )
+            .await;
+        }
     }
     let mut resp = Json(serde_json::json!({"ok": true})).into_response();
     let cookie = format!(
