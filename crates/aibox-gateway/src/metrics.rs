@@ -211,7 +211,7 @@ pub struct Metrics {
     pub limiter_fallbacks: Gauge<u64, AtomicU64>,
     /// Requests and streams refused by the guardrail.
     pub guardrail_blocks: Counter,
-    /// Ops API requests refused for a missing or wrong token.
+    /// Ops API requests and dashboard logins refused for a missing or wrong credential.
     pub ops_auth_failures: Counter,
     /// Guardrail verdicts recorded in model and route turns.
     pub guardrail_verdicts: Family<VerdictLabels, Counter>,
@@ -286,7 +286,7 @@ impl Metrics {
         let ops_auth_failures = Counter::default();
         registry.register(
             "ops_auth_failures",
-            "Ops API requests refused for a missing or wrong OPS_CONTROLLER_TOKEN",
+            "Ops API requests and dashboard logins refused for a missing or wrong credential",
             ops_auth_failures.clone(),
         );
         let guardrail_verdicts = Family::<VerdictLabels, Counter>::default();
