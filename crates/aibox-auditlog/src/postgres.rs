@@ -39,8 +39,7 @@ use tokio_postgres::{GenericClient, IsolationLevel, NoTls};
 use crate::error::AuditLogError;
 use crate::format::{self, Bundle, ConsistencyProof, PublicKeyRecord, Receipt, SignatureCheck};
 use crate::state::{
-    self, CpRow, EnvRow, Head, MAX_BATCH_EVENTS, Plan, ReadOps, Request, Signing, TreeCache,
-    WriteTx, Writer,
+    self, CpRow, EnvRow, Head, Plan, ReadOps, Request, Signing, TreeCache, WriteTx, Writer,
 };
 use crate::verify::{self, ChainVerifier, CpBuf, EnvBuf, EnvColumns, RowBuf, Source};
 use crate::{Verified, now_ms};
@@ -1292,19 +1291,8 @@ impl WriteTx for PgTx<'_> {
 
 async fn writer_task(pool: Pool, mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Request>) {
     while let Some(first) = rx.recv().await {
-        let mut events = first.prepared.events.len();
-        let mut batch = vec![first];
-        while events < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(r) => {
-                    events += r.prepared.events.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        let (prepared, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|r| (r.prepared, r.reply)).unzip();
+        // Drain whatever else is queued so one commit (one fsync) covers it.
+        let (prepared, replies) = state::gather_batch(first, || rx.try_recv().ok());
         let tenants = state::batch_tenants(&prepared);
         match commit_batch(&pool, &mut writer, prepared).await {
             Ok(staged) => {

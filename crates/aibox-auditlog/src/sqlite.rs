@@ -33,8 +33,7 @@ use crate::error::AuditLogError;
 use crate::format::{self, PublicKeyRecord, SignatureCheck};
 use crate::readahead::{BlockRead, Config as ReadAheadConfig, OpenReader, ReadAhead};
 use crate::state::{
-    self, CpRow, EnvRow, Head, MAX_BATCH_EVENTS, Plan, ReadOps, Request, Signing, TreeCache,
-    WriteTx, Writer,
+    self, CpRow, EnvRow, Head, Plan, ReadOps, Request, Signing, TreeCache, WriteTx, Writer,
 };
 use crate::verify::{self, ChainVerifier, CpBuf, EnvBuf, EnvColumns, RowBuf, Source};
 use crate::{Verified, now_ms};
@@ -1384,20 +1383,8 @@ fn checkpointer(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
 /// runtime's own work.
 fn writer_loop(mut conn: Connection, mut writer: Writer, rx: std_mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
-        let mut events = first.prepared.events.len();
-        let mut batch = vec![first];
         // Drain whatever else is queued so one commit (one fsync) covers it.
-        while events < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(r) => {
-                    events += r.prepared.events.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        let (prepared, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|r| (r.prepared, r.reply)).unzip();
+        let (prepared, replies) = state::gather_batch(first, || rx.try_recv().ok());
         let tenants = state::batch_tenants(&prepared);
         let result = commit_batch(&mut conn, &mut writer, prepared);
         match result {

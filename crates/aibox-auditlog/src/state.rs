@@ -29,6 +29,28 @@ use crate::verify::{KeySet, note_text};
 /// next transaction, which keeps a transaction's memory and latency bounded.
 pub(crate) const MAX_BATCH_EVENTS: usize = 8192;
 
+/// The batch one commit (one fsync) seals: `first`, then whatever else is
+/// already queued (`next` returns it without waiting) up to
+/// [`MAX_BATCH_EVENTS`] events. Both writers (SQLite's thread, PostgreSQL's
+/// task) group their commits with it; split into the prepared turns and
+/// their reply channels.
+pub(crate) fn gather_batch(
+    first: Request,
+    mut next: impl FnMut() -> Option<Request>,
+) -> (
+    Vec<Prepared>,
+    Vec<oneshot::Sender<Result<TurnRecord, AuditLogError>>>,
+) {
+    let mut events = first.prepared.events.len();
+    let mut batch = vec![first];
+    while events < MAX_BATCH_EVENTS {
+        let Some(r) = next() else { break };
+        events += r.prepared.events.len();
+        batch.push(r);
+    }
+    batch.into_iter().map(|r| (r.prepared, r.reply)).unzip()
+}
+
 /// The head of a tenant's log: where the next row and envelope attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
