@@ -587,10 +587,7 @@ async fn record_login(
     method: &str,
     user: Option<&str>,
 ) -> Result<(), ApiError> {
-    let target = match user {
-        Some(u) => format!("method={method} user={u}"),
-        None => format!("method={method}"),
-    };
+    let target = session_target(method, user);
     match crate::ops::record_ops_action(state, "dashboard", "dashboard_login", target, true).await {
         Ok(()) => {
             tracing::info!(method, user = user.unwrap_or(""), "dashboard login");
@@ -606,6 +603,14 @@ async fn record_login(
                  check the audit database (aibox doctor, /readyz) and try again",
             ))
         }
+    }
+}
+
+/// The audit target of a session's login and logout: how, and who for SSO.
+fn session_target(method: &str, user: Option<&str>) -> String {
+    match user {
+        Some(u) => format!("method={method} user={u}"),
+        None => format!("method={method}"),
     }
 }
 
@@ -639,10 +644,10 @@ async fn logout(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
     if let Caller::Session(id) = caller {
-        let who = state.dashboard.get(&id).map(|s| match s.user {
-            Some(u) => format!("method={} user={u}", s.method),
-            None => format!("method={}", s.method),
-        });
+        let who = state
+            .dashboard
+            .get(&id)
+            .map(|s| session_target(s.method, s.user.as_deref()));
         state.dashboard.close(&id);
         // The session is gone whether or not the record is taken: a logout
         // never fails (record_ops_action logs a failure loudly).
