@@ -70,6 +70,18 @@ pub enum AuditLogError {
         /// The encoder's message.
         cause: String,
     },
+    /// The envelope is newer than the tenant's newest signed checkpoint
+    /// (checkpoints follow `audit.checkpoint_interval_ms`); `AuditLog`
+    /// covers it and retries, so callers see this only in a race.
+    #[error(
+        "envelope {leaf_index} of tenant {tenant} is not yet covered by a signed checkpoint; fix: retry (a checkpoint over it is signed within audit.checkpoint_interval_ms)"
+    )]
+    Uncovered {
+        /// The tenant.
+        tenant: String,
+        /// The envelope's index.
+        leaf_index: u64,
+    },
     /// The turn already has an envelope.
     #[error(
         "turn {turn} is already sealed in the audit log; fix: seal each turn once, with all of its events"

@@ -133,12 +133,15 @@ pub struct TurnRecord {
     pub leaf_index: u64,
     /// The signed envelope (note text, blank line, signature line).
     pub envelope: String,
-    /// The audit key version that signed the envelope and the checkpoint.
+    /// The audit key version that signed the envelope (and the checkpoint).
     pub key_version: u32,
-    /// The tree size of the checkpoint written in the same transaction.
+    /// The size of the tenant's tree once the transaction committed.
     pub tree_size: u64,
-    /// That checkpoint, signed.
-    pub checkpoint: String,
+    /// The checkpoint of that size, signed in the same transaction, when
+    /// the tenant's checkpoint cadence was due (see
+    /// [`crate::AuditLogOptions::checkpoint_interval`]); `None` otherwise,
+    /// and then a later one covers this turn.
+    pub checkpoint: Option<String>,
 }
 
 /// The published verifier keys of one key version for one tenant's log.
@@ -221,6 +224,11 @@ pub struct VerifyReport {
     /// How many Ed25519 signatures were checked.
     #[serde(default)]
     pub signatures_checked: u64,
+    /// The size of the newest stored checkpoint; envelopes past it (at
+    /// most `tree_size - checkpoint_size`) are not yet covered by one and
+    /// were vouched for by their own signatures.
+    #[serde(default)]
+    pub checkpoint_size: u64,
 }
 
 /// Which signatures a verification checks. Both modes read every row and

@@ -12,9 +12,13 @@
 //! sequence numbers `1, 2, 3, ...` without gaps) and one **log**: an RFC
 //! 6962 Merkle tree whose leaves are the tenant's **envelopes**, one per
 //! sealed turn. [`AuditLog::append_turn`] writes a turn's events as rows,
-//! seals an envelope over exactly those rows, appends it to the tenant's
-//! log and writes a signed **checkpoint** of the new tree head, all in one
-//! transaction.
+//! seals and signs an envelope over exactly those rows and appends it to
+//! the tenant's log, all in one transaction. A signed **checkpoint** of the
+//! tree head is written in the same transaction when the tenant's cadence
+//! is due ([`AuditLogOptions::checkpoint_interval`], 1 s by default; 0 signs
+//! one in every commit), by the writer's timer when a tail has waited that
+//! long, and at once when a receipt, proof, export, verification or the
+//! published checkpoint needs one ([`AuditLog::cover`]).
 //!
 //! ```text
 //! rows:       seq 1 ─ seq 2 ─ seq 3 ─ seq 4 ─ seq 5 ─ ...   (row hash chain)
@@ -151,7 +155,11 @@
 //! 2. No row may remain after the last envelope.
 //! 3. Each checkpoint verifies with a trusted key named `<origin>`, has the
 //!    listed size, sizes increase, and its root equals the recomputed tree's
-//!    root at its size. The last checkpoint's size is the tree size.
+//!    root at its size. Envelopes past the last checkpoint (a tail not yet
+//!    covered, see above) are allowed: step 1 checked their signatures and
+//!    links; the report's `checkpoint_size` says how far checkpoints reach.
+//!    An export covers the tail first, so its last checkpoint's size is
+//!    normally the tree size.
 //!
 //! # Detecting tampering
 //!
@@ -242,7 +250,17 @@ pub struct AuditLogOptions {
     /// PostgreSQL only: the most connections of the log's pool (the writer
     /// and the readers; `database.audit_max_connections`, at least one).
     pub pg_max_connections: usize,
+    /// The longest a tenant's newest envelopes stay without a signed
+    /// checkpoint over them (`audit.checkpoint_interval_ms`). Envelopes are
+    /// signed as they are stored whatever this is; a checkpoint is signed
+    /// in the first commit after the interval, when the tail is that old
+    /// and idle, and at once whenever a reader needs one. Zero signs one
+    /// in every commit.
+    pub checkpoint_interval: std::time::Duration,
 }
+
+/// The default of [`AuditLogOptions::checkpoint_interval`].
+pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The default size of the PostgreSQL pool (`database.audit_max_connections`).
 pub const DEFAULT_PG_MAX_CONNECTIONS: usize = 8;
@@ -252,6 +270,7 @@ impl Default for AuditLogOptions {
         Self {
             origin_prefix: aibox_audit::checkpoint::DEFAULT_ORIGIN_PREFIX.to_owned(),
             pg_max_connections: DEFAULT_PG_MAX_CONNECTIONS,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 }
@@ -375,7 +394,7 @@ impl AuditLog {
         options: &AuditLogOptions,
     ) -> Result<Self, AuditLogError> {
         let (log, key_version, key_is_new) =
-            sqlite::SqliteLog::open(path, audit_signing_key, &options.origin_prefix)?;
+            sqlite::SqliteLog::open(path, audit_signing_key, options)?;
         if key_is_new {
             tracing::info!(version = key_version, "registered a new audit key version");
         }
@@ -393,13 +412,8 @@ impl AuditLog {
         audit_signing_key: &str,
         options: &AuditLogOptions,
     ) -> Result<Self, AuditLogError> {
-        let (log, key_version, key_is_new) = postgres::PgLog::connect(
-            url,
-            audit_signing_key,
-            &options.origin_prefix,
-            options.pg_max_connections,
-        )
-        .await?;
+        let (log, key_version, key_is_new) =
+            postgres::PgLog::connect(url, audit_signing_key, options).await?;
         if key_is_new {
             tracing::info!(version = key_version, "registered a new audit key version");
         }
@@ -464,19 +478,48 @@ impl AuditLog {
     ) -> Result<TurnRecord, AuditLogError> {
         let prepared = state::prepare(tenant, turn, events)?;
         let (reply, rx) = oneshot::channel();
-        let req = Request { prepared, reply };
+        let req = Request::Turn { prepared, reply };
         dispatch!(self, b => b.submit(req))?;
         rx.await.map_err(|_| AuditLogError::Closed)?
     }
 
+    /// Has the writer sign and store a checkpoint over the tenant's whole
+    /// tree now, unless the newest stored one covers it already (see
+    /// [`AuditLogOptions::checkpoint_interval`]). A tenant without a log is
+    /// left alone.
+    pub async fn cover(&self, tenant: &TenantId) -> Result<(), AuditLogError> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Cover {
+            tenant: tenant.clone(),
+            reply,
+        };
+        dispatch!(self, b => b.submit(req))?;
+        rx.await.map_err(|_| AuditLogError::Closed)?
+    }
+
+    /// [`AuditLog::cover`] where a stale answer beats none: the failure is
+    /// logged and the caller reads what is stored.
+    async fn cover_or_warn(&self, tenant: &TenantId) {
+        if let Err(e) = self.cover(tenant).await {
+            tracing::warn!(tenant = %tenant, error = %e, "cannot sign a checkpoint over the audit log's newest envelopes; using the newest stored one");
+        }
+    }
+
     /// The receipt of `turn` in `tenant`'s log, against the newest
-    /// checkpoint. A turn of another tenant is "not found".
+    /// checkpoint (signed now if none covers the turn yet). A turn of
+    /// another tenant is "not found".
     pub async fn receipt(
         &self,
         tenant: &TenantId,
         turn: &TurnId,
     ) -> Result<Receipt, AuditLogError> {
-        dispatch!(self, b => b.receipt(tenant, turn).await)
+        match dispatch!(self, b => b.receipt(tenant, turn).await) {
+            Err(AuditLogError::Uncovered { .. }) => {
+                self.cover(tenant).await?;
+                dispatch!(self, b => b.receipt(tenant, turn).await)
+            }
+            other => other,
+        }
     }
 
     /// The receipt of the envelope at `leaf_index` (also for turnless
@@ -486,7 +529,13 @@ impl AuditLog {
         tenant: &TenantId,
         leaf_index: u64,
     ) -> Result<Receipt, AuditLogError> {
-        dispatch!(self, b => b.receipt_at(tenant, leaf_index).await)
+        match dispatch!(self, b => b.receipt_at(tenant, leaf_index).await) {
+            Err(AuditLogError::Uncovered { .. }) => {
+                self.cover(tenant).await?;
+                dispatch!(self, b => b.receipt_at(tenant, leaf_index).await)
+            }
+            other => other,
+        }
     }
 
     /// Which tenant's log holds `turn`, if any.
@@ -509,15 +558,24 @@ impl AuditLog {
         old_size: u64,
         new_size: u64,
     ) -> Result<ConsistencyProof, AuditLogError> {
-        dispatch!(self, b => b.consistency_proof(tenant, old_size, new_size).await)
+        match dispatch!(self, b => b.consistency_proof(tenant, old_size, new_size).await) {
+            Err(AuditLogError::Proof(aibox_audit::ProofError::BeyondTree { .. })) => {
+                // The size may be stored but not yet covered.
+                self.cover(tenant).await?;
+                dispatch!(self, b => b.consistency_proof(tenant, old_size, new_size).await)
+            }
+            other => other,
+        }
     }
 
-    /// The newest signed checkpoint of the tenant's log; keep it outside
-    /// the database to detect truncation and rollback later.
+    /// The newest signed checkpoint of the tenant's log, signed now if
+    /// newer envelopes are stored; keep it outside the database to detect
+    /// truncation and rollback later.
     pub async fn latest_checkpoint(
         &self,
         tenant: &TenantId,
     ) -> Result<Option<String>, AuditLogError> {
+        self.cover_or_warn(tenant).await;
         dispatch!(self, b => b.latest_checkpoint(tenant).await)
     }
 
@@ -550,6 +608,9 @@ impl AuditLog {
         mode: SignatureCheck,
         progress: Box<dyn FnMut(u64, u64) + Send>,
     ) -> Result<Verified, AuditLogError> {
+        // The newest envelopes are checked by their own signatures either
+        // way; covering them first lets the checkpoint vouch for them too.
+        self.cover_or_warn(tenant).await;
         match &self.backend {
             Backend::Sqlite(s) => s.verify(tenant, mode, progress).await,
             Backend::Postgres(p) => {
@@ -674,6 +735,7 @@ impl AuditLog {
 
     /// Exports the tenant's whole log as a bundle (see the crate docs).
     pub async fn export(&self, tenant: &TenantId) -> Result<Bundle, AuditLogError> {
+        self.cover_or_warn(tenant).await;
         dispatch!(self, b => b.export(tenant).await)
     }
 }

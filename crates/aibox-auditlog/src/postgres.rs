@@ -566,9 +566,10 @@ impl PgLog {
     pub(crate) async fn connect(
         url: &str,
         secret: &str,
-        prefix: &str,
-        max_connections: usize,
+        options: &crate::AuditLogOptions,
     ) -> Result<(Self, u32, bool), AuditLogError> {
+        let prefix = options.origin_prefix.as_str();
+        let max_connections = options.pg_max_connections;
         let fingerprint = format::key_fingerprint(secret)?;
         aibox_audit::checkpoint::origin_for_tenant(prefix, &TenantId::default_tenant())
             .map_err(AuditLogError::Origin)?;
@@ -586,7 +587,8 @@ impl PgLog {
             prefix: prefix.to_owned(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer_task(pool.clone(), Writer::new(signing.clone()), rx));
+        let writer = Writer::new(signing.clone(), options.checkpoint_interval);
+        tokio::spawn(writer_task(pool.clone(), writer, rx));
         Ok((
             Self {
                 pool,
@@ -1149,6 +1151,43 @@ impl WriteTx for PgTx<'_> {
         head_from(tenant, &row)
     }
 
+    async fn lock_existing_head(&mut self, tenant: &str) -> Result<Option<Head>, AuditLogError> {
+        let row = self
+            .tx
+            .query_opt(
+                &self
+                    .tx
+                    .prepare_cached(
+                        "SELECT last_seq, last_row_hash, tree_size, last_envelope_hash
+                 FROM audit_heads WHERE tenant = $1 FOR UPDATE",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&tenant],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| head_from(tenant, &r)).transpose()
+    }
+
+    async fn newest_checkpoint_size(&mut self, tenant: &str) -> Result<u64, AuditLogError> {
+        let row = self
+            .tx
+            .query_one(
+                &self
+                    .tx
+                    .prepare_cached(
+                        "SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints WHERE tenant = $1",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&tenant],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(to_u64(row.try_get(0).map_err(pg)?))
+    }
+
     async fn leaf_hashes(
         &mut self,
         tenant: &str,
@@ -1290,24 +1329,45 @@ impl WriteTx for PgTx<'_> {
 }
 
 async fn writer_task(pool: Pool, mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Request>) {
-    while let Some(first) = rx.recv().await {
-        // Drain whatever else is queued so one commit (one fsync) covers it.
-        let (prepared, replies) = state::gather_batch(first, || rx.try_recv().ok());
-        let tenants = state::batch_tenants(&prepared);
-        match commit_batch(&pool, &mut writer, prepared).await {
-            Ok(staged) => {
-                writer.committed(&staged);
-                for (reply, outcome) in replies.into_iter().zip(staged.outcomes) {
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, turns = replies.len(), "audit transaction failed; nothing of it was written");
-                writer.rolled_back(&tenants);
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+    loop {
+        // Wait for a request, or until the oldest uncovered tail is due
+        // for its checkpoint.
+        let batch = match writer.next_due(now_ms()) {
+            None => match rx.recv().await {
+                Some(first) => state::gather_batch(first, || rx.try_recv().ok()),
+                None => break,
+            },
+            Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(first)) => state::gather_batch(first, || rx.try_recv().ok()),
+                Ok(None) => break,
+                Err(_) => state::Batch::covering(writer.due(now_ms(), false)),
+            },
+        };
+        run_batch(&pool, &mut writer, batch).await;
+    }
+    // Closed: leave no tail uncovered if the database lets us.
+    let last = state::Batch::covering(writer.due(now_ms(), true));
+    if !last.is_empty() {
+        run_batch(&pool, &mut writer, last).await;
+    }
+}
+
+/// Commits one batch (one transaction) and answers its requesters.
+async fn run_batch(pool: &Pool, writer: &mut Writer, mut batch: state::Batch) {
+    if batch.is_empty() {
+        return;
+    }
+    let tenants = batch.tenants();
+    let turns = std::mem::take(&mut batch.turns);
+    match commit_batch(pool, writer, turns, &batch.covers).await {
+        Ok(staged) => {
+            writer.committed(&staged);
+            batch.reply(Ok(staged));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, turns = batch.replies.len(), "audit transaction failed; nothing of it was written");
+            writer.rolled_back(&tenants);
+            batch.reply(Err(e));
         }
     }
 }
@@ -1316,6 +1376,7 @@ async fn commit_batch(
     pool: &Pool,
     writer: &mut Writer,
     batch: Vec<state::Prepared>,
+    covers: &[TenantId],
 ) -> Result<state::Staged, AuditLogError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(pg)?;
@@ -1324,7 +1385,9 @@ async fn commit_batch(
     tx.batch_execute("SET LOCAL synchronous_commit = on")
         .await
         .map_err(pg)?;
-    let staged = writer.stage(&mut PgTx { tx: &tx }, batch, now_ms()).await?;
+    let staged = writer
+        .stage(&mut PgTx { tx: &tx }, batch, covers, now_ms())
+        .await?;
     tx.commit().await.map_err(pg)?;
     Ok(staged)
 }

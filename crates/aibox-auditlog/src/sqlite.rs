@@ -328,8 +328,9 @@ impl SqliteLog {
     pub(crate) fn open(
         path: &Path,
         secret: &str,
-        prefix: &str,
+        options: &crate::AuditLogOptions,
     ) -> Result<(Self, u32, bool), AuditLogError> {
+        let prefix = options.origin_prefix.as_str();
         let fingerprint = format::key_fingerprint(secret)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(path, e))?;
@@ -358,7 +359,7 @@ impl SqliteLog {
             .spawn(move || checkpointer(&checkpoint_conn, &stopped))
             .map_err(|e| open_err(path, e))?;
         let (tx, rx) = std_mpsc::channel();
-        let writer = Writer::new(signing.clone());
+        let writer = Writer::new(signing.clone(), options.checkpoint_interval);
         thread::Builder::new()
             .name("aibox-audit-sqlite".into())
             .spawn(move || writer_loop(conn, writer, rx))
@@ -1198,6 +1199,22 @@ impl WriteTx for SqliteTx<'_> {
         leaf_hashes(self.conn, tenant, from, to)
     }
 
+    async fn lock_existing_head(&mut self, tenant: &str) -> Result<Option<Head>, AuditLogError> {
+        // BEGIN IMMEDIATE holds the write lock, as for `lock_head`.
+        read_head(self.conn, tenant)
+    }
+
+    async fn newest_checkpoint_size(&mut self, tenant: &str) -> Result<u64, AuditLogError> {
+        self.conn
+            .prepare_cached(
+                "SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints WHERE tenant = ?1",
+            )
+            .map_err(db)?
+            .query_row([tenant], |r| r.get::<_, i64>(0))
+            .map(to_u64)
+            .map_err(db)
+    }
+
     async fn sealed_turns(&mut self, turns: &[String]) -> Result<HashSet<String>, AuditLogError> {
         let mut stmt = self
             .conn
@@ -1382,25 +1399,45 @@ fn checkpointer(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
 /// while the hand-off lets the two vCPUs overlap the commit with the
 /// runtime's own work.
 fn writer_loop(mut conn: Connection, mut writer: Writer, rx: std_mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        // Drain whatever else is queued so one commit (one fsync) covers it.
-        let (prepared, replies) = state::gather_batch(first, || rx.try_recv().ok());
-        let tenants = state::batch_tenants(&prepared);
-        let result = commit_batch(&mut conn, &mut writer, prepared);
-        match result {
-            Ok(staged) => {
-                writer.committed(&staged);
-                for (reply, outcome) in replies.into_iter().zip(staged.outcomes) {
-                    let _ = reply.send(outcome);
+    loop {
+        // Wait for a request, or until the oldest uncovered tail is due
+        // for its checkpoint.
+        let batch = match writer.next_due(now_ms()) {
+            None => match rx.recv() {
+                Ok(first) => state::gather_batch(first, || rx.try_recv().ok()),
+                Err(_) => break,
+            },
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(first) => state::gather_batch(first, || rx.try_recv().ok()),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    state::Batch::covering(writer.due(now_ms(), false))
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, turns = replies.len(), "audit transaction failed; nothing of it was written");
-                writer.rolled_back(&tenants);
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        run_batch(&mut conn, &mut writer, batch);
+    }
+    // Closed: leave no tail uncovered if the database lets us.
+    let last = state::Batch::covering(writer.due(now_ms(), true));
+    run_batch(&mut conn, &mut writer, last);
+}
+
+/// Commits one batch (one transaction) and answers its requesters.
+fn run_batch(conn: &mut Connection, writer: &mut Writer, mut batch: state::Batch) {
+    if batch.is_empty() {
+        return;
+    }
+    let tenants = batch.tenants();
+    let turns = std::mem::take(&mut batch.turns);
+    match commit_batch(conn, writer, turns, &batch.covers) {
+        Ok(staged) => {
+            writer.committed(&staged);
+            batch.reply(Ok(staged));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, turns = batch.replies.len(), "audit transaction failed; nothing of it was written");
+            writer.rolled_back(&tenants);
+            batch.reply(Err(e));
         }
     }
 }
@@ -1409,12 +1446,14 @@ fn commit_batch(
     conn: &mut Connection,
     writer: &mut Writer,
     batch: Vec<state::Prepared>,
+    covers: &[aibox_core::TenantId],
 ) -> Result<state::Staged, AuditLogError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)?;
-    let staged = verify::run_ready(writer.stage(&mut SqliteTx { conn: &tx }, batch, now_ms()))
-        .unwrap_or(Err(AuditLogError::Closed))?;
+    let staged =
+        verify::run_ready(writer.stage(&mut SqliteTx { conn: &tx }, batch, covers, now_ms()))
+            .unwrap_or(Err(AuditLogError::Closed))?;
     tx.commit().map_err(db)?;
     Ok(staged)
 }

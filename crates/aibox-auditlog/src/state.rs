@@ -29,26 +29,95 @@ use crate::verify::{KeySet, note_text};
 /// next transaction, which keeps a transaction's memory and latency bounded.
 pub(crate) const MAX_BATCH_EVENTS: usize = 8192;
 
+/// What one commit (one fsync) handles: the turns to seal with their
+/// reply channels, and the tenants whose tail must be covered by a signed
+/// checkpoint now (see [`Writer`]'s checkpoint cadence).
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub turns: Vec<Prepared>,
+    pub replies: Vec<oneshot::Sender<Result<TurnRecord, AuditLogError>>>,
+    pub covers: Vec<TenantId>,
+    pub cover_replies: Vec<oneshot::Sender<Result<(), AuditLogError>>>,
+}
+
+impl Batch {
+    /// A batch that only covers `tenants` (the writer's own timer).
+    pub(crate) fn covering(tenants: Vec<TenantId>) -> Self {
+        Self {
+            covers: tenants,
+            ..Self::default()
+        }
+    }
+
+    /// Whether there is nothing to commit.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.turns.is_empty() && self.covers.is_empty()
+    }
+
+    /// The tenants the batch touches, for [`Writer::rolled_back`].
+    pub(crate) fn tenants(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .turns
+            .iter()
+            .map(|p| p.tenant.as_str().to_owned())
+            .chain(self.covers.iter().map(|t| t.as_str().to_owned()))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// Sends every requester the commit's outcome.
+    pub(crate) fn reply(self, outcome: Result<Staged, AuditLogError>) {
+        match outcome {
+            Ok(staged) => {
+                for (reply, o) in self.replies.into_iter().zip(staged.outcomes) {
+                    let _ = reply.send(o);
+                }
+                for reply in self.cover_replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                for reply in self.replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for reply in self.cover_replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// The batch one commit (one fsync) seals: `first`, then whatever else is
 /// already queued (`next` returns it without waiting) up to
 /// [`MAX_BATCH_EVENTS`] events. Both writers (SQLite's thread, PostgreSQL's
-/// task) group their commits with it; split into the prepared turns and
-/// their reply channels.
-pub(crate) fn gather_batch(
-    first: Request,
-    mut next: impl FnMut() -> Option<Request>,
-) -> (
-    Vec<Prepared>,
-    Vec<oneshot::Sender<Result<TurnRecord, AuditLogError>>>,
-) {
-    let mut events = first.prepared.events.len();
-    let mut batch = vec![first];
-    while events < MAX_BATCH_EVENTS {
-        let Some(r) = next() else { break };
-        events += r.prepared.events.len();
-        batch.push(r);
+/// task) group their commits with it.
+pub(crate) fn gather_batch(first: Request, mut next: impl FnMut() -> Option<Request>) -> Batch {
+    let mut batch = Batch::default();
+    let mut events = 0;
+    let mut item = Some(first);
+    while let Some(r) = item {
+        match r {
+            Request::Turn { prepared, reply } => {
+                events += prepared.events.len();
+                batch.turns.push(prepared);
+                batch.replies.push(reply);
+            }
+            Request::Cover { tenant, reply } => {
+                if !batch.covers.contains(&tenant) {
+                    batch.covers.push(tenant);
+                }
+                batch.cover_replies.push(reply);
+            }
+        }
+        if events >= MAX_BATCH_EVENTS {
+            break;
+        }
+        item = next();
     }
-    batch.into_iter().map(|r| (r.prepared, r.reply)).unzip()
+    batch
 }
 
 /// The head of a tenant's log: where the next row and envelope attach.
@@ -138,10 +207,20 @@ pub(crate) fn prepare(
     })
 }
 
-/// A queued `append_turn`.
-pub(crate) struct Request {
-    pub prepared: Prepared,
-    pub reply: oneshot::Sender<Result<TurnRecord, AuditLogError>>,
+/// A queued request for the writer.
+pub(crate) enum Request {
+    /// An `append_turn`.
+    Turn {
+        prepared: Prepared,
+        reply: oneshot::Sender<Result<TurnRecord, AuditLogError>>,
+    },
+    /// Sign and store a checkpoint of the tenant's whole tree now, unless
+    /// the newest stored one already covers it (receipts, proofs, exports
+    /// and the published checkpoint ask for this).
+    Cover {
+        tenant: TenantId,
+        reply: oneshot::Sender<Result<(), AuditLogError>>,
+    },
 }
 
 /// The key material and origin prefix shared by the writer and readers.
@@ -194,6 +273,12 @@ struct TenantState {
     /// grow with the log (issue 9). Proofs are the readers' job.
     tree: Frontier,
     head: Head,
+    /// The size of the newest checkpoint stored (by this process, or found
+    /// when the tenant was loaded or covered).
+    checkpoint_size: u64,
+    /// When this process last signed a checkpoint of the tenant (0: not
+    /// yet), for the cadence.
+    checkpoint_ms: u64,
 }
 
 /// Appends the stored envelope leaf hashes `[frontier.size(), to)` to
@@ -295,6 +380,11 @@ pub(crate) trait WriteTx {
         rec: &PublicKeyRecord,
         now_ms: i64,
     ) -> Result<PublicKeyRecord, AuditLogError>;
+    /// Returns the tenant's head, locked until the transaction ends, if
+    /// the tenant has one (a cover must not create a log).
+    async fn lock_existing_head(&mut self, tenant: &str) -> Result<Option<Head>, AuditLogError>;
+    /// The size of the tenant's newest stored checkpoint (0: none).
+    async fn newest_checkpoint_size(&mut self, tenant: &str) -> Result<u64, AuditLogError>;
     /// Writes the plan.
     async fn write(&mut self, plan: &Plan) -> Result<(), AuditLogError>;
 }
@@ -307,17 +397,56 @@ pub(crate) struct Staged {
 
 /// The writer's per-tenant state: heads and trees of what was committed,
 /// reloaded from the database whenever another process advanced a tenant.
+///
+/// Checkpoint cadence: every envelope is signed in the transaction that
+/// stores it, but a tenant's checkpoint is signed at most once per
+/// `checkpoint_interval` (0: in every transaction, as before session 9).
+/// Under a steady stream of turns that saves one Ed25519 signature and one
+/// row in most commits. A tail not yet covered is covered when it is
+/// `checkpoint_interval` old (the writer's timer), or at once when a
+/// reader needs a checkpoint over it ([`Request::Cover`]: receipts,
+/// proofs, exports, the published checkpoint, verification).
 pub(crate) struct Writer {
     signing: Signing,
     tenants: HashMap<String, TenantState>,
+    interval_ms: u64,
 }
 
 impl Writer {
-    pub(crate) fn new(signing: Signing) -> Self {
+    pub(crate) fn new(signing: Signing, checkpoint_interval: std::time::Duration) -> Self {
         Self {
             signing,
             tenants: HashMap::new(),
+            interval_ms: u64::try_from(checkpoint_interval.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// How long until the oldest uncovered tail is due for a checkpoint,
+    /// or `None` when every tail is covered.
+    pub(crate) fn next_due(&self, now_ms: u64) -> Option<std::time::Duration> {
+        self.tenants
+            .values()
+            .filter(|st| st.tree.size() > st.checkpoint_size)
+            .map(|st| {
+                st.checkpoint_ms
+                    .saturating_add(self.interval_ms)
+                    .saturating_sub(now_ms)
+            })
+            .min()
+            .map(std::time::Duration::from_millis)
+    }
+
+    /// The tenants whose uncovered tail is due at `now_ms` (every
+    /// uncovered one with `all`, at shutdown).
+    pub(crate) fn due(&self, now_ms: u64, all: bool) -> Vec<TenantId> {
+        self.tenants
+            .iter()
+            .filter(|(_, st)| {
+                st.tree.size() > st.checkpoint_size
+                    && (all || now_ms.saturating_sub(st.checkpoint_ms) >= self.interval_ms)
+            })
+            .filter_map(|(t, _)| TenantId::new(t.clone()).ok())
+            .collect()
     }
 
     /// Brings the cached state of `tenant` in line with the locked head.
@@ -383,6 +512,7 @@ impl Writer {
                 }
                 let origin = self.signing.origin(tenant)?;
                 let keys = self.signing.material.tenant_keys(&origin)?;
+                let checkpoint_size = tx.newest_checkpoint_size(tenant).await?;
                 self.tenants.insert(
                     tenant.to_owned(),
                     TenantState {
@@ -391,6 +521,10 @@ impl Writer {
                         keys_recorded: false,
                         tree,
                         head,
+                        checkpoint_size,
+                        // A tail left uncovered by an earlier run is due
+                        // at this process's first commit.
+                        checkpoint_ms: 0,
                     },
                 );
             }
@@ -406,6 +540,7 @@ impl Writer {
         &mut self,
         tx: &mut T,
         batch: Vec<Prepared>,
+        covers: &[TenantId],
         now_ms: u64,
     ) -> Result<Staged, AuditLogError> {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
@@ -417,15 +552,34 @@ impl Writer {
         let mut tenants: Vec<String> = batch.iter().map(|p| p.tenant.as_str().to_owned()).collect();
         tenants.sort();
         tenants.dedup();
+        let mut locked: Vec<&str> = tenants
+            .iter()
+            .map(String::as_str)
+            .chain(covers.iter().map(TenantId::as_str))
+            .collect();
+        locked.sort_unstable();
+        locked.dedup();
         let mut refused: HashMap<String, AuditLogError> = HashMap::new();
-        for t in &tenants {
-            let head = tx.lock_head(t).await?;
+        let mut covering: Vec<String> = Vec::new();
+        for t in locked {
+            let head = if tenants.binary_search_by(|x| x.as_str().cmp(t)).is_ok() {
+                tx.lock_head(t).await?
+            } else {
+                // Only covered: a tenant without a log has nothing to cover.
+                match tx.lock_existing_head(t).await? {
+                    Some(h) if h.tree_size > 0 => h,
+                    _ => continue,
+                }
+            };
+            if covers.iter().any(|c| c.as_str() == t) {
+                covering.push(t.to_owned());
+            }
             match self.reconcile(tx, t, head).await {
                 Ok(()) => {}
                 Err(e @ (AuditLogError::Db(_) | AuditLogError::Closed)) => return Err(e),
                 Err(e) => {
                     tracing::error!(tenant = %t, error = %e, "audit append refused");
-                    refused.insert(t.clone(), e);
+                    refused.insert(t.to_owned(), e);
                 }
             }
         }
@@ -452,9 +606,17 @@ impl Writer {
             }
         }
 
-        // The first envelope a process signs for a tenant records the
-        // tenant's verifier keys of the current version in the same
-        // transaction, so no signature is ever stored without its key.
+        // Every tenant this transaction may sign for: the turns' and the
+        // covered ones.
+        for t in &covering {
+            if !tenants.contains(t) {
+                tenants.push(t.clone());
+            }
+        }
+
+        // The first envelope or checkpoint a process signs for a tenant
+        // records the tenant's verifier keys of the current version in the
+        // same transaction, so no signature is ever stored without its key.
         let version = self.signing.version();
         for t in &tenants {
             let Some(st) = self.tenants.get(t.as_str()) else {
@@ -501,11 +663,40 @@ impl Writer {
             }
         }
 
-        // One signed checkpoint per tenant per transaction: the head after
-        // all of this batch's turns.
-        let mut checkpoints: HashMap<String, (u64, String)> = HashMap::new();
         for t in &touched {
-            let Some(st) = self.tenants.get(t.as_str()) else {
+            if let Some(st) = self.tenants.get(t.as_str()) {
+                plan.heads.push((t.clone(), st.head.clone()));
+            }
+        }
+
+        // At most one signed checkpoint per tenant per transaction, of the
+        // head after all of this batch's turns: when the tenant's cadence
+        // is due, or when a reader asked for its tail to be covered.
+        let mut sign: Vec<String> = Vec::new();
+        for t in &touched {
+            if let Some(st) = self.tenants.get(t.as_str())
+                && st.tree.size() > st.checkpoint_size
+                && now_ms.saturating_sub(st.checkpoint_ms) >= self.interval_ms
+            {
+                sign.push(t.clone());
+            }
+        }
+        for t in &covering {
+            if refused.contains_key(t) || sign.contains(t) {
+                continue;
+            }
+            // Another process (or an earlier run) may have covered it.
+            let stored = tx.newest_checkpoint_size(t).await?;
+            if let Some(st) = self.tenants.get_mut(t.as_str()) {
+                st.checkpoint_size = st.checkpoint_size.max(stored);
+                if st.tree.size() > st.checkpoint_size {
+                    sign.push(t.clone());
+                }
+            }
+        }
+        let mut checkpoints: HashMap<String, String> = HashMap::new();
+        for t in &sign {
+            let Some(st) = self.tenants.get_mut(t.as_str()) else {
                 continue;
             };
             let size = st.tree.size();
@@ -523,17 +714,20 @@ impl Writer {
                 root,
                 note: signed.clone(),
             });
-            plan.heads.push((t.clone(), st.head.clone()));
-            checkpoints.insert(t.clone(), (size, signed));
+            // Rolled back with the rest if the commit fails (the tenant's
+            // state is then dropped and reloaded).
+            st.checkpoint_size = size;
+            st.checkpoint_ms = now_ms;
+            checkpoints.insert(t.clone(), signed);
         }
         let outcomes: Vec<Result<TurnRecord, AuditLogError>> = outcomes
             .into_iter()
             .map(|o| {
                 let mut r = o.unwrap_or(Err(AuditLogError::Closed))?;
-                if let Some((size, note)) = checkpoints.get(r.tenant.as_str()) {
-                    r.tree_size = *size;
-                    r.checkpoint.clone_from(note);
+                if let Some(st) = self.tenants.get(r.tenant.as_str()) {
+                    r.tree_size = st.tree.size();
                 }
+                r.checkpoint = checkpoints.get(r.tenant.as_str()).cloned();
                 Ok(r)
             })
             .collect();
@@ -557,14 +751,6 @@ impl Writer {
             self.tenants.remove(t.as_str());
         }
     }
-}
-
-/// The tenants of a batch, for [`Writer::rolled_back`].
-pub(crate) fn batch_tenants(batch: &[Prepared]) -> Vec<String> {
-    let mut t: Vec<String> = batch.iter().map(|p| p.tenant.as_str().to_owned()).collect();
-    t.sort();
-    t.dedup();
-    t
 }
 
 /// Chains, seals and signs one turn on top of `st`, adding its rows and
@@ -631,7 +817,7 @@ fn seal(
         envelope: signed,
         key_version: version,
         tree_size: 0,
-        checkpoint: String::new(),
+        checkpoint: None,
     })
 }
 
@@ -868,17 +1054,13 @@ pub(crate) async fn build_receipt<R: ReadOps>(
         detail,
     };
     let events = r.events(&tenant, env.first_seq, env.last_seq).await?;
-    let cp = r
-        .latest_checkpoint(&tenant)
-        .await?
-        .ok_or_else(|| AuditLogError::EmptyLog {
-            tenant: tenant.clone(),
-        })?;
+    let uncovered = || AuditLogError::Uncovered {
+        tenant: tenant.clone(),
+        leaf_index: env.leaf_index,
+    };
+    let cp = r.latest_checkpoint(&tenant).await?.ok_or_else(uncovered)?;
     if cp.size <= env.leaf_index {
-        return Err(corrupt(format!(
-            "envelope {} is not covered by the newest checkpoint",
-            env.leaf_index
-        )));
+        return Err(uncovered());
     }
     let cp_root = note_text(&cp.note)
         .and_then(|t| Checkpoint::parse(t).ok())
@@ -1123,6 +1305,15 @@ mod tests {
             _now_ms: i64,
         ) -> Result<PublicKeyRecord, AuditLogError> {
             Ok(rec.clone())
+        }
+        async fn lock_existing_head(
+            &mut self,
+            _tenant: &str,
+        ) -> Result<Option<Head>, AuditLogError> {
+            Ok(None)
+        }
+        async fn newest_checkpoint_size(&mut self, _tenant: &str) -> Result<u64, AuditLogError> {
+            Ok(0)
         }
         async fn write(&mut self, _plan: &Plan) -> Result<(), AuditLogError> {
             Ok(())

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 
 use crate::readahead::Config;
 use crate::test_common::{Case, Expect, KEY1, Row, Step, cases, fixture, tenant};
-use crate::{AuditLog, AuditLogOptions, Backend, SignatureCheck, VerifyReport};
+use crate::{AuditLog, Backend, SignatureCheck, VerifyReport};
 
 /// `log` (opened before the tampering, since start-up refuses a log
 /// without its guards) verifying with `cfg`.
@@ -145,7 +145,7 @@ async fn reports(log: &AuditLog, cfg: Config) -> Vec<Result<VerifyReport, String
 async fn run(name: &str, steps: &[Step], expect: Option<&Expect>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let log = AuditLog::open_sqlite(&path, KEY1, &AuditLogOptions::default()).unwrap();
+    let log = AuditLog::open_sqlite(&path, KEY1, &crate::test_common::per_commit()).unwrap();
     fixture(&log).await;
     {
         let c = Connection::open(&path).unwrap();

@@ -82,7 +82,7 @@ impl TempDb {
 }
 
 async fn connect(db: &TempDb, key: &str) -> AuditLog {
-    AuditLog::connect_postgres(&db.url(), key, &AuditLogOptions::default())
+    AuditLog::connect_postgres(&db.url(), key, &common::per_commit())
         .await
         .unwrap()
 }

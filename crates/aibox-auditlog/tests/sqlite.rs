@@ -16,12 +16,12 @@ use aibox_auditlog::{
 use aibox_core::TurnId;
 use common::{
     Case, KEY1, KEY2, KEY3, Row, Step, cases, check_case, events, fixture, forked_checkpoint,
-    tenant,
+    per_commit, tenant,
 };
 use rusqlite::Connection;
 
 fn open(path: &Path, key: &str) -> AuditLog {
-    AuditLog::open_sqlite(path, key, &AuditLogOptions::default()).unwrap()
+    AuditLog::open_sqlite(path, key, &per_commit()).unwrap()
 }
 
 fn key_strings(keys: &[aibox_auditlog::PublicKeyRecord]) -> Vec<String> {
@@ -100,7 +100,9 @@ async fn append_receipt_and_offline_verification() {
         .unwrap();
     assert_eq!((rec.first_seq, rec.last_seq, rec.leaf_index), (13, 14, 4));
     assert_eq!(rec.tree_size, 5);
-    assert!(rec.checkpoint.starts_with("aibox.local/audit/acme\n5\n"));
+    // With `per_commit`, every commit signs a checkpoint of its head.
+    let cp = rec.checkpoint.as_deref().unwrap_or_default();
+    assert!(cp.starts_with("aibox.local/audit/acme\n5\n"), "{cp}");
 
     let keys = key_strings(&log.public_keys(&acme).await.unwrap());
     assert_eq!(keys.len(), 2);
@@ -811,4 +813,156 @@ async fn issue_9_receipts_and_consistency_proofs_across_cache_blocks() {
     }
     let p = log.consistency_proof(&acme, 257, 700).await.unwrap();
     verify_consistency(&checkpoints[4].1, &checkpoints[9].1, &p.proof, &keys).unwrap();
+}
+
+/// The stored checkpoint sizes of `tenant`, read past the log's API (which
+/// would cover the tail first).
+fn stored_checkpoints(path: &Path, tenant: &str) -> Vec<u64> {
+    let c = Connection::open(path).unwrap();
+    let mut st = c
+        .prepare("SELECT size FROM audit_checkpoints WHERE tenant = ?1 ORDER BY size")
+        .unwrap();
+    st.query_map([tenant], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|r| u64::try_from(r.unwrap()).unwrap())
+        .collect()
+}
+
+fn with_interval(ms: u64) -> AuditLogOptions {
+    AuditLogOptions {
+        checkpoint_interval: std::time::Duration::from_millis(ms),
+        ..AuditLogOptions::default()
+    }
+}
+
+/// Issue 4 (session 9): checkpoints are signed at most once per
+/// `checkpoint_interval` per tenant, and a reader that needs one over the
+/// newest envelopes gets it signed at once.
+#[tokio::test]
+async fn issue_4_checkpoints_follow_their_cadence_and_cover_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open_sqlite(&path, KEY1, &with_interval(3_600_000)).unwrap();
+    let acme = tenant("acme");
+    let mut turns = Vec::new();
+    for i in 0..6 {
+        let turn = TurnId::generate();
+        let rec = log
+            .append_turn(&acme, Some(turn.clone()), events(&acme, Some(&turn), 2, i))
+            .await
+            .unwrap();
+        // The tenant's first commit is due at once; the others are not.
+        assert_eq!(rec.checkpoint.is_some(), i == 0, "turn {i}");
+        assert_eq!(rec.tree_size, i as u64 + 1);
+        turns.push(turn);
+    }
+    assert_eq!(stored_checkpoints(&path, "acme"), vec![1]);
+
+    // A receipt of an uncovered turn has a checkpoint signed over it.
+    let keys = key_strings(&log.public_keys(&acme).await.unwrap());
+    let receipt = log.receipt(&acme, &turns[4]).await.unwrap();
+    assert_eq!(receipt.tree_size, 6);
+    verify_receipt(&receipt, &keys).unwrap();
+    assert_eq!(stored_checkpoints(&path, "acme"), vec![1, 6]);
+    // Covered already: nothing more is signed.
+    log.receipt(&acme, &turns[5]).await.unwrap();
+    assert!(
+        log.latest_checkpoint(&acme)
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("\n6\n")
+    );
+    assert_eq!(stored_checkpoints(&path, "acme"), vec![1, 6]);
+
+    // A consistency proof to a size not yet covered is made after a cover.
+    let turn = TurnId::generate();
+    log.append_turn(&acme, Some(turn.clone()), events(&acme, Some(&turn), 1, 9))
+        .await
+        .unwrap();
+    let proof = log.consistency_proof(&acme, 6, 7).await.unwrap();
+    verify_consistency(
+        proof.old_checkpoint.as_deref().unwrap(),
+        proof.new_checkpoint.as_deref().unwrap(),
+        &proof.proof,
+        &keys,
+    )
+    .unwrap();
+    assert_eq!(stored_checkpoints(&path, "acme"), vec![1, 6, 7]);
+
+    // A covering request for a tenant without a log creates nothing.
+    log.cover(&tenant("nobody")).await.unwrap();
+    assert!(
+        log.tenants()
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.as_str() != "nobody")
+    );
+
+    // An uncovered tail verifies: each envelope by its own signature.
+    let turn = TurnId::generate();
+    log.append_turn(&acme, Some(turn.clone()), events(&acme, Some(&turn), 1, 10))
+        .await
+        .unwrap();
+    drop(log);
+    // The writer covers what is left when the log is closed; give it the
+    // moment it needs, then remove that checkpoint to leave the tail bare
+    // (as a process killed before its timer fired would).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(stored_checkpoints(&path, "acme"), vec![1, 6, 7, 8]);
+    let c = Connection::open(&path).unwrap();
+    drop_guards(&c);
+    c.execute("DELETE FROM audit_checkpoints WHERE size = 8", [])
+        .unwrap();
+    drop(c);
+    let log = open_unguarded(&path);
+    let bundle = {
+        // The export would cover the tail; take the rows as stored.
+        let mut b = log.export(&acme).await.unwrap();
+        b.checkpoints.retain(|c| c.size < 8);
+        b
+    };
+    for mode in [SignatureCheck::All, SignatureCheck::Head] {
+        let r = verify_bundle_with(&bundle, &keys, mode);
+        assert!(r.ok, "{mode:?}: {r:?}");
+        assert_eq!((r.tree_size, r.checkpoint_size), (8, 7));
+        // A forged signature on the uncovered newest envelope is caught in
+        // both modes.
+        let mut forged = bundle.clone();
+        let last = forged.envelopes.last_mut().unwrap();
+        let sig_at = last.note.rfind(' ').unwrap() + 1;
+        let mut sig = last.note[sig_at..].trim_end().to_owned();
+        sig.replace_range(10..11, if &sig[10..11] == "A" { "B" } else { "A" });
+        last.note = format!("{}{sig}\n", &last.note[..sig_at]);
+        let r = verify_bundle_with(&forged, &keys, mode);
+        assert!(!r.ok, "{mode:?}: a forged signature passed");
+    }
+}
+
+/// Issue 4 (session 9): a tail left uncovered is covered by the writer's
+/// own timer once it is `checkpoint_interval` old, with no reader asking.
+#[tokio::test]
+async fn issue_4_the_writer_covers_an_idle_tail_when_it_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open_sqlite(&path, KEY1, &with_interval(200)).unwrap();
+    let acme = tenant("acme");
+    for i in 0..3 {
+        log.append_turn(&acme, None, events(&acme, None, 1, i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(stored_checkpoints(&path, "acme"), vec![1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stored_checkpoints(&path, "acme") != vec![1, 3] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle tail was not covered: {:?}",
+            stored_checkpoints(&path, "acme")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = log.verify(&acme, |_, _| {}).await.unwrap();
+    assert!(r.ok && r.checkpoint_size == 3, "{r:?}");
 }

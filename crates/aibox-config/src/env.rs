@@ -48,6 +48,9 @@ pub const AIBOX_DATABASE_URL: &str = "AIBOX_DATABASE_URL";
 pub const AIBOX_DATABASE_MAX_CONNECTIONS: &str = "AIBOX_DATABASE_MAX_CONNECTIONS";
 /// `database.audit_max_connections`.
 pub const AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS: &str = "AIBOX_DATABASE_AUDIT_MAX_CONNECTIONS";
+/// `database.audit_checkpoint_interval_ms`.
+pub const AIBOX_DATABASE_AUDIT_CHECKPOINT_INTERVAL_MS: &str =
+    "AIBOX_DATABASE_AUDIT_CHECKPOINT_INTERVAL_MS";
 /// `redis_url`.
 pub const AIBOX_REDIS_URL: &str = "AIBOX_REDIS_URL";
 /// The Redis password, used when `redis_url` carries none (seed 000 §1).

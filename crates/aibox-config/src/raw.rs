@@ -180,6 +180,9 @@ pub struct RawDatabase {
     pub max_connections: Option<u64>,
     /// PostgreSQL: the most connections of the audit log's pool.
     pub audit_max_connections: Option<u64>,
+    /// The longest a tenant's newest audit envelopes wait for a signed
+    /// checkpoint, in milliseconds.
+    pub audit_checkpoint_interval_ms: Option<u64>,
 }
 
 /// `auth:` (seed 000 §2).

@@ -218,6 +218,10 @@ pub const DEFAULT_AUDIT_MAX_CONNECTIONS: u32 = 8;
 /// The largest pool size accepted for either pool: PostgreSQL's own
 /// `max_connections` limit is far below it on any real server.
 pub const MAX_POOL_CONNECTIONS: u32 = 1000;
+/// The default `database.audit_checkpoint_interval_ms`.
+pub const DEFAULT_AUDIT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+/// The largest `database.audit_checkpoint_interval_ms`: one hour.
+pub const MAX_AUDIT_CHECKPOINT_INTERVAL_MS: u64 = 3_600_000;
 
 /// `database:`: where state lives and, for PostgreSQL, how many
 /// connections each pool of one process may open (a replica opens at most
@@ -231,6 +235,11 @@ pub struct DatabaseConfig {
     /// `database.audit_max_connections`: the audit log's pool (its writer
     /// and the receipt, proof and verification readers).
     pub audit_max_connections: u32,
+    /// `database.audit_checkpoint_interval_ms`: the longest a tenant's
+    /// newest audit envelopes wait for a signed checkpoint (0: one per
+    /// commit). Receipts, proofs, exports and the published checkpoint get
+    /// one signed at once whenever they need it.
+    pub audit_checkpoint_interval_ms: u64,
 }
 
 /// Where state lives.
@@ -944,6 +953,19 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
         rdb.audit_max_connections,
         DEFAULT_AUDIT_MAX_CONNECTIONS,
     )?;
+    let audit_checkpoint_interval_ms = ranged(
+        ctx,
+        env,
+        env::AIBOX_DATABASE_AUDIT_CHECKPOINT_INTERVAL_MS,
+        ("database", "audit_checkpoint_interval_ms"),
+        rdb.audit_checkpoint_interval_ms,
+        DEFAULT_AUDIT_CHECKPOINT_INTERVAL_MS,
+        0..=MAX_AUDIT_CHECKPOINT_INTERVAL_MS,
+        " ms",
+        format!(
+            "give milliseconds between 0 (a checkpoint in every commit) and {MAX_AUDIT_CHECKPOINT_INTERVAL_MS} (default {DEFAULT_AUDIT_CHECKPOINT_INTERVAL_MS})"
+        ),
+    )?;
     let url = match env.get(env::AIBOX_DATABASE_URL).cloned().or(rdb.url) {
         None => DatabaseUrl::Sqlite(data_dir.join("aibox.db")),
         Some(u) => parse_database_url(&u).ok_or_else(|| {
@@ -1442,6 +1464,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>, env: &Env) -> Result<Config, ConfigEr
             url,
             max_connections,
             audit_max_connections,
+            audit_checkpoint_interval_ms,
         },
         redis_url,
         auth,
@@ -1951,6 +1974,36 @@ mod tests {
     }
 
     #[test]
+    fn issue_4_the_audit_checkpoint_interval_is_a_config_key() {
+        let c = load_from_str("", None, &Env::new()).unwrap();
+        assert_eq!(c.database.audit_checkpoint_interval_ms, 1000);
+        let yaml = "database:\n  audit_checkpoint_interval_ms: 0\n";
+        let c = load_from_str(yaml, None, &Env::new()).unwrap();
+        assert_eq!(c.database.audit_checkpoint_interval_ms, 0);
+        let c = load_from_str(
+            yaml,
+            None,
+            &env(&[(env::AIBOX_DATABASE_AUDIT_CHECKPOINT_INTERVAL_MS, "250")]),
+        )
+        .unwrap();
+        assert_eq!(c.database.audit_checkpoint_interval_ms, 250);
+        let e = err("database:\n  audit_checkpoint_interval_ms: 3600001\n");
+        assert!(e.contains("database.audit_checkpoint_interval_ms"), "{e}");
+        assert!(e.contains("cfg.yaml:2"), "{e}");
+        let e = load_from_str(
+            "",
+            None,
+            &env(&[(env::AIBOX_DATABASE_AUDIT_CHECKPOINT_INTERVAL_MS, "soon")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("AIBOX_DATABASE_AUDIT_CHECKPOINT_INTERVAL_MS"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn issue_9_database_pool_sizes_are_config_keys() {
         // The defaults are the sizes that were hard-coded before.
         let c = load_from_str("", None, &Env::new()).unwrap();
@@ -1961,6 +2014,7 @@ mod tests {
         let c = load_from_str(yaml, None, &Env::new()).unwrap();
         assert_eq!(c.database.max_connections, 30);
         assert_eq!(c.database.audit_max_connections, 4);
+        assert_eq!(c.database.audit_checkpoint_interval_ms, 1000);
         let printed = serde_json::to_string(&c).unwrap();
         assert!(printed.contains("\"audit_max_connections\":4"), "{printed}");
 

@@ -17,6 +17,9 @@ pub async fn open(cfg: &Config, key: &Secret) -> anyhow::Result<AuditLog> {
     let options = AuditLogOptions {
         pg_max_connections: usize::try_from(cfg.database.audit_max_connections)
             .unwrap_or(aibox_auditlog::DEFAULT_PG_MAX_CONNECTIONS),
+        checkpoint_interval: std::time::Duration::from_millis(
+            cfg.database.audit_checkpoint_interval_ms,
+        ),
         ..AuditLogOptions::default()
     };
     Ok(match &cfg.database.url {
