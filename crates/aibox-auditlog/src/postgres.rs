@@ -1131,27 +1131,17 @@ impl WriteTx for PgTx<'_> {
             )
             .await
             .map_err(pg)?;
-        // FOR UPDATE serialises every writer of this tenant, in every
-        // process, until this transaction ends.
-        let row = self
-            .tx
-            .query_one(
-                &self
-                    .tx
-                    .prepare_cached(
-                        "SELECT last_seq, last_row_hash, tree_size, last_envelope_hash
-                 FROM audit_heads WHERE tenant = $1 FOR UPDATE",
-                    )
-                    .await
-                    .map_err(pg)?,
-                &[&tenant],
-            )
-            .await
-            .map_err(pg)?;
-        head_from(tenant, &row)
+        self.lock_existing_head(tenant)
+            .await?
+            .ok_or_else(|| AuditLogError::Corrupt {
+                tenant: tenant.to_owned(),
+                detail: "the head row cannot be created".into(),
+            })
     }
 
     async fn lock_existing_head(&mut self, tenant: &str) -> Result<Option<Head>, AuditLogError> {
+        // FOR UPDATE serialises every writer of this tenant, in every
+        // process, until this transaction ends.
         let row = self
             .tx
             .query_opt(
@@ -1359,17 +1349,8 @@ async fn run_batch(pool: &Pool, writer: &mut Writer, mut batch: state::Batch) {
     }
     let tenants = batch.tenants();
     let turns = std::mem::take(&mut batch.turns);
-    match commit_batch(pool, writer, turns, &batch.covers).await {
-        Ok(staged) => {
-            writer.committed(&staged);
-            batch.reply(Ok(staged));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, turns = batch.replies.len(), "audit transaction failed; nothing of it was written");
-            writer.rolled_back(&tenants);
-            batch.reply(Err(e));
-        }
-    }
+    let outcome = commit_batch(pool, writer, turns, &batch.covers).await;
+    writer.settle(batch, &tenants, outcome);
 }
 
 async fn commit_batch(

@@ -1429,17 +1429,8 @@ fn run_batch(conn: &mut Connection, writer: &mut Writer, mut batch: state::Batch
     }
     let tenants = batch.tenants();
     let turns = std::mem::take(&mut batch.turns);
-    match commit_batch(conn, writer, turns, &batch.covers) {
-        Ok(staged) => {
-            writer.committed(&staged);
-            batch.reply(Ok(staged));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, turns = batch.replies.len(), "audit transaction failed; nothing of it was written");
-            writer.rolled_back(&tenants);
-            batch.reply(Err(e));
-        }
-    }
+    let outcome = commit_batch(conn, writer, turns, &batch.covers);
+    writer.settle(batch, &tenants, outcome);
 }
 
 fn commit_batch(

@@ -68,7 +68,7 @@ impl Batch {
     }
 
     /// Sends every requester the commit's outcome.
-    pub(crate) fn reply(self, outcome: Result<Staged, AuditLogError>) {
+    fn reply(self, outcome: Result<Staged, AuditLogError>) {
         match outcome {
             Ok(staged) => {
                 for (reply, o) in self.replies.into_iter().zip(staged.outcomes) {
@@ -735,8 +735,27 @@ impl Writer {
         Ok(Staged { outcomes, tenants })
     }
 
+    /// After a batch's transaction (both writers): updates the state for
+    /// its outcome and answers its requesters. `tenants` is
+    /// [`Batch::tenants`] taken before the turns were moved out.
+    pub(crate) fn settle(
+        &mut self,
+        batch: Batch,
+        tenants: &[String],
+        outcome: Result<Staged, AuditLogError>,
+    ) {
+        match &outcome {
+            Ok(staged) => self.committed(staged),
+            Err(e) => {
+                tracing::error!(error = %e, turns = batch.replies.len(), "audit transaction failed; nothing of it was written");
+                self.rolled_back(tenants);
+            }
+        }
+        batch.reply(outcome);
+    }
+
     /// After the commit: the keys of the touched tenants are recorded.
-    pub(crate) fn committed(&mut self, staged: &Staged) {
+    fn committed(&mut self, staged: &Staged) {
         for t in &staged.tenants {
             if let Some(st) = self.tenants.get_mut(t.as_str()) {
                 st.keys_recorded = true;
@@ -746,7 +765,7 @@ impl Writer {
 
     /// After a failed transaction: forget what it changed in memory; the
     /// next batch reloads those tenants from the database.
-    pub(crate) fn rolled_back(&mut self, tenants: &[String]) {
+    fn rolled_back(&mut self, tenants: &[String]) {
         for t in tenants {
             self.tenants.remove(t.as_str());
         }

@@ -544,3 +544,86 @@ async fn pg_dump_restore_round_trip_and_rollback_detection() {
     db.drop_db().await;
     restored.drop_db().await;
 }
+
+/// The stored checkpoint sizes of `tenant`, read past the log's API.
+async fn stored_checkpoints(db: &TempDb, tenant: &str) -> Vec<u64> {
+    db.raw()
+        .await
+        .query(
+            "SELECT size FROM audit_checkpoints WHERE tenant = $1 ORDER BY size",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap())
+        .collect()
+}
+
+/// Issue 4 (session 9), on PostgreSQL: the writer task's timer covers an
+/// idle tail, a receipt covers on demand, and a second process covering a
+/// tail the first one already covered signs nothing twice.
+#[tokio::test]
+async fn issue_4_checkpoint_cadence_on_postgres() {
+    let db = TempDb::new().await;
+    let opts = |ms| AuditLogOptions {
+        checkpoint_interval: std::time::Duration::from_millis(ms),
+        ..AuditLogOptions::default()
+    };
+    let a = AuditLog::connect_postgres(&db.url(), KEY1, &opts(300))
+        .await
+        .unwrap();
+    let b = AuditLog::connect_postgres(&db.url(), KEY1, &opts(3_600_000))
+        .await
+        .unwrap();
+    let acme = tenant("acme");
+    for i in 0..3 {
+        let rec = a
+            .append_turn(&acme, None, events(&acme, None, 1, i))
+            .await
+            .unwrap();
+        assert_eq!(rec.checkpoint.is_some(), i == 0, "turn {i}");
+    }
+    assert_eq!(stored_checkpoints(&db, "acme").await, vec![1]);
+    // Process A's timer covers its idle tail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stored_checkpoints(&db, "acme").await != vec![1, 3] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle tail was not covered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Process B appends: its first commit for the tenant is due (it
+    // cannot know how old the tail it found is), its second is not.
+    let mut recs = Vec::new();
+    for i in 0..2 {
+        let turn = TurnId::generate();
+        let rec = b
+            .append_turn(
+                &acme,
+                Some(turn.clone()),
+                events(&acme, Some(&turn), 2, 7 + i),
+            )
+            .await
+            .unwrap();
+        recs.push((turn, rec.checkpoint.is_some()));
+    }
+    assert_eq!(
+        recs.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+    assert_eq!(stored_checkpoints(&db, "acme").await, vec![1, 3, 4]);
+    // A receipt through A covers B's newest envelope.
+    let keys = key_strings(&a.public_keys(&acme).await.unwrap());
+    let receipt = a.receipt(&acme, &recs[1].0).await.unwrap();
+    assert_eq!(receipt.tree_size, 5);
+    verify_receipt(&receipt, &keys).unwrap();
+    // B asked to cover the same tail: already covered, nothing is signed.
+    b.cover(&acme).await.unwrap();
+    assert_eq!(stored_checkpoints(&db, "acme").await, vec![1, 3, 4, 5]);
+    let r = b.verify(&acme, |_, _| {}).await.unwrap();
+    assert!(r.ok && r.checkpoint_size == 5, "{r:?}");
+    drop((a, b));
+    db.drop_db().await;
+}
