@@ -27,6 +27,13 @@ by round so that machine noise hits both sides alike:
   front of the same server spawned by aibox. The client's own cost is as
   small as Python allows on both sides, so the difference is aibox's HTTP
   hop plus what it does per call on the child's pipes.
+- `http-raw` and `stdio-raw`: `http-lean` and `stdio-lean` with
+  `RawHttpClient` (a keep-alive HTTP/1.1 client on bare asyncio streams)
+  in place of `httpx`. `httpx` costs a few hundred microseconds of Python
+  per request; in `stdio-lean` that cost lands on the aibox side only
+  (its direct side speaks no HTTP), so `stdio-raw` is the pair whose
+  difference is closest to aibox's own work: one loopback HTTP exchange
+  plus everything aibox does per call.
 
 Every call through aibox is the real thing: a gateway API key, CapToken
 verification, policy, the guardrail on arguments and result, and one
@@ -37,7 +44,7 @@ noise of a shared machine disturbs much less.
 
 Usage (from the repository root, after `cargo build --release -p aibox`):
 
-    .venv/bin/python bench/mcp_overhead.py [--calls 500] [--aibox target/release/aibox] [--pairs stdio,http-sdk,http-lean,stdio-lean] [--baseline OTHER_AIBOX]
+    .venv/bin/python bench/mcp_overhead.py [--calls 500] [--aibox target/release/aibox] [--pairs stdio,http-sdk,http-lean,stdio-lean,http-raw,stdio-raw] [--baseline OTHER_AIBOX]
 
 Set `AIBOX_BENCH_PID_FILE=PATH` to have aibox's pid written there (to attach
 `perf record -p`).
@@ -152,16 +159,82 @@ def check_sdk(r) -> None:
         raise SystemExit(f"tool call failed: {r.content}")
 
 
+class RawResponse:
+    """What `RawHttpClient.post` read: the status, the headers (names in
+    lower case) and the whole body."""
+
+    def __init__(self, status_code: int, headers: dict[str, str], body: bytes):
+        self.status_code = status_code
+        self.headers = headers
+        self.content = body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode()
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class RawHttpClient:
+    """The least an HTTP/1.1 client can do: one keep-alive connection on
+    asyncio streams, a request written as one buffer, and a response read
+    by its `Content-Length` or its chunks. It stands in for `httpx` in the
+    `*-raw` pairs, whose per-request cost in Python (a few hundred
+    microseconds) would otherwise be counted on the aibox side of
+    `stdio-lean` only, as its direct side speaks no HTTP."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = dict(headers)
+        self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, url: str, content: str) -> RawResponse:
+        m = re.fullmatch(r"http://([^/:]+):(\d+)(/.*)", url)
+        if not m:
+            raise SystemExit(f"RawHttpClient takes http://HOST:PORT/PATH, not {url}")
+        host, port, path = m.group(1), int(m.group(2)), m.group(3)
+        if self.conn is None:
+            self.conn = await asyncio.open_connection(host, port)
+        reader, writer = self.conn
+        body = content.encode()
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in self.headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(status_line.split()[1])
+        headers = {}
+        for line in lines:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            data = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            data = b"".join(parts)
+        else:
+            data = b""
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+            self.conn = None
+        return RawResponse(status, headers, data)
+
+
 class LeanClient:
     """A minimal Streamable HTTP MCP client: initialize once, then one POST
     per call on a keep-alive connection; reads a JSON or a one-event SSE
-    answer."""
+    answer. `raw` swaps `httpx` for `RawHttpClient`."""
 
-    def __init__(self, url: str, headers: dict[str, str]):
+    def __init__(self, url: str, headers: dict[str, str], raw: bool = False):
         self.url = url
-        self.client = httpx.AsyncClient(headers={
-            **headers, "Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-        }, timeout=30)
+        headers = {**headers, "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        self.client = RawHttpClient(headers) if raw else httpx.AsyncClient(headers=headers, timeout=30)
         self.next_id = 1
 
     async def rpc(self, method: str, params: dict | None = None) -> dict | None:
@@ -359,29 +432,31 @@ async def run(aibox: str, calls: int, pairs: list[str], baseline: str | None) ->
                 await client.call(tool, {"text": f"hello {i}"})
             return call
 
-        async def lean_sides(tool: str) -> list:
+        async def lean_sides(tool: str, raw: bool) -> list:
             # The aibox sides of a lean pair: raw JSON-RPC POSTs to each /mcp.
             sides = []
             for g in gateways:
-                c = LeanClient(g.url, g.headers)
+                c = LeanClient(g.url, g.headers, raw)
                 await c.start()
                 sides.append((g.label, lean(tool, c), g.proc.pid))
             return sides
 
-        if "http-lean" in pairs:
-            direct_lean = LeanClient(http_url, {})
-            await direct_lean.start()
-            sides = await lean_sides("remote__upper")
-            results += await pair("http-lean", calls, lean("upper", direct_lean), sides)
+        for name, raw in (("http-lean", False), ("http-raw", True)):
+            if name in pairs:
+                direct_lean = LeanClient(http_url, {}, raw)
+                await direct_lean.start()
+                sides = await lean_sides("remote__upper", raw)
+                results += await pair(name, calls, lean("upper", direct_lean), sides)
 
-        if "stdio-lean" in pairs:
-            direct_stdio = LeanStdioClient([sys.executable, str(STDIO_SERVER)], work / "stdio_server.stderr")
-            await direct_stdio.start()
-            try:
-                sides = await lean_sides("local__echo")
-                results += await pair("stdio-lean", calls, lean("echo", direct_stdio), sides)
-            finally:
-                await direct_stdio.stop()
+        for name, raw in (("stdio-lean", False), ("stdio-raw", True)):
+            if name in pairs:
+                direct_stdio = LeanStdioClient([sys.executable, str(STDIO_SERVER)], work / f"{name}_server.stderr")
+                await direct_stdio.start()
+                try:
+                    sides = await lean_sides("local__echo", raw)
+                    results += await pair(name, calls, lean("echo", direct_stdio), sides)
+                finally:
+                    await direct_stdio.stop()
         print("SUMMARY " + json.dumps(results))
     finally:
         for p in reversed(procs):
@@ -396,7 +471,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--aibox", default=str(ROOT / "target" / "release" / "aibox"))
-    ap.add_argument("--pairs", default="stdio,http-sdk,http-lean,stdio-lean")
+    ap.add_argument("--pairs", default="stdio,http-sdk,http-lean,stdio-lean,http-raw,stdio-raw")
     ap.add_argument("--baseline", default=None, help="a second aibox binary measured alongside (before/after)")
     a = ap.parse_args()
     asyncio.run(run(a.aibox, a.calls, a.pairs.split(","), a.baseline))
