@@ -18,6 +18,8 @@
 //!   pure function from text to [`Finding`]s, each running its whole pattern
 //!   set in one pass (a keyword prefilter at word starts, then regexes on
 //!   small windows around the keywords found).
+//! - [`tooldef`]: the tool-poisoning rules for MCP tool definitions, which
+//!   [`Guardrail::scan_tool_definition`] adds to the injection score.
 //! - [`engine`]: the [`Guardrail`], compiled once from a constitution, and
 //!   its [`Verdict`].
 //! - [`vault`]: per-turn redaction with stable placeholders and restore.
@@ -41,6 +43,7 @@ pub mod secrets;
 pub mod stream;
 mod swar;
 pub mod synth;
+pub mod tooldef;
 pub mod topics;
 pub mod vault;
 
