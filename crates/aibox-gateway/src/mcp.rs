@@ -76,12 +76,38 @@ impl ToolGuard for GuardrailToolGuard {
         _tool: &str,
         text: &str,
     ) -> GuardOutcome {
+        self.outcome(principal, text, |g, tenant| g.scan(tenant, stage, text))
+    }
+
+    fn inspect_definition(
+        &self,
+        principal: &Principal,
+        _server: &str,
+        _tool: &str,
+        text: &str,
+    ) -> GuardOutcome {
+        self.outcome(principal, text, |g, tenant| {
+            g.scan_tool_definition(tenant, text)
+        })
+    }
+}
+
+impl GuardrailToolGuard {
+    /// Runs `scan` with the current guardrail for the principal's tenant
+    /// and turns its verdict into the gateway's outcome (with the redacted
+    /// text when it redacts).
+    fn outcome(
+        &self,
+        principal: &Principal,
+        text: &str,
+        scan: impl FnOnce(&aibox_guardrail::Guardrail, &str) -> aibox_guardrail::Verdict,
+    ) -> GuardOutcome {
         let g = self.0.current();
         let tenant = principal.tenant.as_str();
         if !g.enabled_for(tenant) {
             return GuardOutcome::allow(g.profile_for(tenant).as_str());
         }
-        let v = g.scan(tenant, stage, text);
+        let v = scan(&g, tenant);
         let replacement = (v.action == GuardAction::Redact)
             .then(|| aibox_guardrail::TurnVault::new().redact(text, &v));
         let reason = v

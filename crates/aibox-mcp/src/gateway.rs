@@ -45,12 +45,12 @@ use crate::protocol::{RpcError, codes};
 use crate::registry::{self, Builtin, RegistryError, ServerSpec, Transport};
 use crate::remote::RemoteServer;
 use crate::seams::{
-    HttpEgress, NoGuard, NoSecrets, SecretSource, ToolAudit, ToolCallRecord, ToolGuard,
-    UncheckedEgress,
+    GuardOutcome, HttpEgress, NoGuard, NoSecrets, SecretSource, ToolAudit, ToolCallRecord,
+    ToolGuard, UncheckedEgress,
 };
 use crate::session::SessionStore;
 use crate::stdio::StdioServer;
-use crate::upstream::{CallError, ServerHealth, Upstream};
+use crate::upstream::{CallError, ServerHealth, ToolInfo, Upstream};
 
 /// The params `_meta` key that carries the turn's CapToken.
 pub const CAPTOKEN_META_KEY: &str = "aibox/captoken";
@@ -401,7 +401,9 @@ fn denial_code(d: &Denial) -> i64 {
         | Denial::CapTokenInvalid { .. }
         | Denial::CapTokenOpNotGranted { .. }
         | Denial::CapTokenWrongPrincipal => codes::CAPTOKEN_REFUSED,
-        Denial::GuardBlocked { .. } => codes::GUARDRAIL_BLOCKED,
+        Denial::GuardBlocked { .. } | Denial::ToolDefinitionBlocked { .. } => {
+            codes::GUARDRAIL_BLOCKED
+        }
     }
 }
 
@@ -715,7 +717,14 @@ impl McpGateway {
                 let Ok(full) = names::join(&server.spec.name, &t.name) else {
                     continue;
                 };
-                let mut def = t.def.clone();
+                let mut def = match self.check_definition(principal, &server.spec.name, t) {
+                    DefinitionCheck::Pass(None) => t.def.clone(),
+                    DefinitionCheck::Pass(Some(redacted)) => redacted,
+                    DefinitionCheck::Blocked { reason, .. } => {
+                        tracing::warn!(server = %server.spec.name, tool = %t.name, reason = %reason, "tool withheld from tools/list: the guardrail refused its definition (tool poisoning?)");
+                        continue;
+                    }
+                };
                 if let Some(o) = def.as_object_mut() {
                     o.insert("name".into(), Value::String(full));
                 }
@@ -808,10 +817,29 @@ impl McpGateway {
                 .tools()
                 .await
                 .map_err(|e| upstream_stop(&server_name, e))?;
-            if !tools.iter().any(|t| t.name == tool_name) {
+            let Some(info) = tools.iter().find(|t| t.name == tool_name) else {
                 return Err(Stop::Denied(Denial::UnknownTool {
                     server: server_name.clone(),
                     tool: tool_name.clone(),
+                }));
+            };
+            // A client may call a tool that tools/list withheld by name; it
+            // is refused the same way. Only a refusal is recorded, so that
+            // a call's record does not grow by a verdict on every call.
+            if let DefinitionCheck::Blocked { reason, outcome } =
+                self.check_definition(ctx.principal, &server_name, info)
+            {
+                rec.push(EventKind::GuardrailVerdict {
+                    stage: GuardStage::ToolResult,
+                    profile: outcome.profile,
+                    action: outcome.action,
+                    findings: outcome.findings,
+                });
+                tracing::warn!(server = %server_name, tool = %tool_name, reason = %reason, "tools/call refused: the guardrail refused the tool's definition (tool poisoning?)");
+                return Err(Stop::Denied(Denial::ToolDefinitionBlocked {
+                    server: server_name.clone(),
+                    tool: tool_name.clone(),
+                    reason,
                 }));
             }
 
@@ -1128,6 +1156,57 @@ impl McpGateway {
                     _ => Err(blocked(
                         "the redacted text is not valid JSON of the same shape".into(),
                     )),
+                }
+            }
+        }
+    }
+}
+
+/// What the guardrail made of a tool's definition.
+enum DefinitionCheck {
+    /// Pass the tool on: its definition as the server sent it (`None`) or
+    /// redacted.
+    Pass(Option<Value>),
+    /// Withhold it: neither listed nor called.
+    Blocked {
+        /// `scanner/rule`, or a description.
+        reason: String,
+        /// The verdict, for the record of a refused call.
+        outcome: GuardOutcome,
+    },
+}
+
+impl McpGateway {
+    /// Runs a tool's definition through the guardrail for `principal`
+    /// (whose tenant picks the profile). A redaction that yields no JSON
+    /// object withholds the tool: passing the original on would release
+    /// what the guardrail flagged.
+    fn check_definition(
+        &self,
+        principal: &Principal,
+        server: &str,
+        tool: &ToolInfo,
+    ) -> DefinitionCheck {
+        if !self.guard.active() {
+            return DefinitionCheck::Pass(None);
+        }
+        let text = serde_json::to_string(&tool.def).unwrap_or_default();
+        let out = self
+            .guard
+            .inspect_definition(principal, server, &tool.name, &text);
+        match out.action {
+            GuardAction::Allow | GuardAction::Flag => DefinitionCheck::Pass(None),
+            GuardAction::Block => DefinitionCheck::Blocked {
+                reason: out.reason.clone().unwrap_or_else(|| "blocked".into()),
+                outcome: out,
+            },
+            GuardAction::Redact => {
+                match out.replacement.as_deref().map(serde_json::from_str::<Value>) {
+                    Some(Ok(v)) if v.is_object() => DefinitionCheck::Pass(Some(v)),
+                    _ => DefinitionCheck::Blocked {
+                        reason: "the guardrail asked for a redaction of the definition but gave no JSON object".into(),
+                        outcome: out,
+                    },
                 }
             }
         }

@@ -279,6 +279,17 @@ pub enum Denial {
         /// `scanner/rule`, or a description.
         reason: String,
     },
+    /// The guardrail refused the tool's definition (its description or
+    /// schema carries what it blocks, e.g. instructions aimed at the
+    /// model), so the tool is neither listed nor called.
+    ToolDefinitionBlocked {
+        /// The server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// `scanner/rule`, or a description.
+        reason: String,
+    },
     /// The resource URI is not `aibox://SERVER/URI`.
     BadUri(String),
     /// The registry's `resources` rules refuse the resource (or the server
@@ -325,6 +336,7 @@ impl Denial {
             Self::CapTokenOpNotGranted { .. } => "captoken_op_not_granted",
             Self::CapTokenWrongPrincipal => "captoken_wrong_principal",
             Self::GuardBlocked { .. } => "guardrail_blocked",
+            Self::ToolDefinitionBlocked { .. } => "tool_definition_blocked",
             Self::BadUri(_) => "bad_resource_uri",
             Self::ResourceNotAllowed { .. } => "resource_not_allowed",
             Self::PromptNotAllowed { .. } => "prompt_not_allowed",
@@ -361,6 +373,13 @@ impl Denial {
             Self::GuardBlocked { reason } => {
                 format!("the guardrail blocked the arguments ({reason})")
             }
+            Self::ToolDefinitionBlocked {
+                server,
+                tool,
+                reason,
+            } => format!(
+                "tool '{tool}' of server '{server}' is withheld: the guardrail refused its definition ({reason})"
+            ),
             Self::BadUri(u) => {
                 format!("'{u}' is not a resource URI of this gateway (aibox://SERVER/URI)")
             }
@@ -405,6 +424,9 @@ impl Denial {
             }
             Self::GuardBlocked { .. } => {
                 "remove the flagged content from the arguments, or ask an operator about the guardrail profile"
+            }
+            Self::ToolDefinitionBlocked { .. } => {
+                "ask an operator to review the tool server: a description that instructs the model (tool poisoning) is never passed on; remove the server from data/mcp/servers.txt or deny the tool in data/mcp/registry.json until it is fixed"
             }
             Self::BadUri(_) => "call resources/list and use one of the URIs it returns",
             Self::ResourceNotAllowed { .. } => {

@@ -172,6 +172,20 @@ pub trait ToolGuard: Send + Sync {
         tool: &str,
         text: &str,
     ) -> GuardOutcome;
+    /// Scans a tool's definition (the JSON object its server sent for
+    /// it) before `principal` sees or calls the tool: a description is
+    /// read by the model like a tool result, and a poisoned one instructs
+    /// it without the tool ever being called. The default scans it as a
+    /// result; a guardrail with rules for definitions overrides this.
+    fn inspect_definition(
+        &self,
+        principal: &Principal,
+        server: &str,
+        tool: &str,
+        text: &str,
+    ) -> GuardOutcome {
+        self.inspect(principal, GuardStage::ToolResult, server, tool, text)
+    }
 }
 
 /// No guardrail.
