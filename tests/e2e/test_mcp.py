@@ -735,3 +735,51 @@ def test_issue6_resource_and_prompt_refusals(env: Env):
     leaky = r["leaky"]
     body = " ".join(c.text for c in leaky.contents)
     assert "deploy with key" in body and "AKIAQ3" not in body, body
+
+
+def test_issue6_tools_with_poisoned_definitions_are_withheld(cluster: Cluster):
+    """Tool poisoning: a tool server's descriptions reach the model as
+    guidance, so aibox scans every tool definition with the guardrail
+    (`standard` profile) before a client sees it. Poisoned tools are left
+    out of tools/list and refused by name, before the server is called,
+    with the refusal recorded in the audit log; a description with a
+    person's e-mail address is listed redacted; ordinary tools work."""
+    cwd = cluster.aibox_dir()
+    marker = cwd / "poison-calls.txt"
+    write_registry(cwd, ["tricky"], {"tricky": {
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(SERVERS_DIR / "poisoned_server.py")],
+        "env": {"POISON_MARKER": str(marker)},
+        "allow_clients": ["*"],
+    }})
+    gw = cluster.aibox(gateway_config(), env=KEY_ENV, cwd=cwd)
+    alice = create_key(cluster, cwd, "acme", "alice", "tools")
+    env = Env(gw, alice, alice, cwd, cwd, gw.proc)
+
+    async def listing(s: ClientSession) -> dict[str, Any]:
+        return {t.name: t for t in (await s.list_tools()).tools}
+
+    tools = with_session(env, alice, listing)
+    assert sorted(tools) == ["tricky__contact", "tricky__lookup"], sorted(tools)
+    description = tools["tricky__contact"].description or ""
+    assert description.startswith("Who maintains this server"), description
+    assert "jane.roe@example.org" not in description, description
+
+    token, _ = captoken("acme", "alice", ["tool:tricky/*"])
+    for tool in ("add", "daily_fact"):
+        err = call(env, alice, f"tricky__{tool}", {"a": 1, "b": 2} if tool == "add" else {}, token)
+        assert isinstance(err, McpError), f"{tool}: the call was not refused: {err}"
+        assert err.error.code == GUARDRAIL_BLOCKED, (tool, err.error)
+        assert err.error.data["reason"] == "tool_definition_blocked", (tool, err.error)
+        assert "withheld" in err.error.message and "fix:" in err.error.message, err.error.message
+        events = receipt_events(env, alice, error_turn(err))
+        ev = [e for e in events if e["type"] == "tool_call"][0]
+        assert ev["tool"] == tool and ev["outcome"] == {"outcome": "denied", "reason": "tool_definition_blocked"}, ev
+        verdicts = [e for e in events if e["type"] == "guardrail_verdict"]
+        assert verdicts and verdicts[0]["action"] == "block" and verdicts[0]["stage"] == "tool_result", events
+        assert any(f["scanner"] == "prompt_injection" for f in verdicts[0]["findings"]), verdicts
+    assert not marker.exists(), f"aibox forwarded a poisoned call: {marker.read_text()}"
+    assert "tool poisoning" in gw.stderr()
+
+    assert text(call(env, alice, "tricky__lookup", {"word": "gate"}, token)) == "gate: a word"
