@@ -75,6 +75,22 @@ fuzz_target!(|data: &[u8]| {
             "finding inside a character"
         );
     }
+    // A tool definition: the same bounds, and a redaction of it is applied
+    // to this very text (the gateway parses the result as JSON).
+    let d = g.scan_tool_definition("acme", text);
+    for f in &d.findings {
+        assert!(
+            f.start <= f.end
+                && f.end <= text.len()
+                && text.is_char_boundary(f.start)
+                && text.is_char_boundary(f.end),
+            "tool-definition finding out of bounds or inside a character"
+        );
+    }
+    if d.action == GuardAction::Redact {
+        let _ = TurnVault::new().redact(text, &d);
+    }
+
     // Only prompt redactions are restorable (secrets in answers stay out).
     if v.action == GuardAction::Redact && stage == GuardStage::Input {
         let mut vault = TurnVault::new();
