@@ -119,6 +119,20 @@ fn scan(c: &mut Criterion) {
         black_box(g.scan("acme", GuardStage::Input, black_box(prompt)));
     });
 
+    // One MCP tool definition, as a tools/call checks it (issue 6): the
+    // plain tool_result scan of the same text beside it, so the cost of
+    // the tool-poisoning rules is the difference.
+    let def = r#"{"name":"create_issue","description":"Create a new issue in a GitHub repository. The repository must exist and you need push access.","inputSchema":{"type":"object","properties":{"owner":{"type":"string","description":"Repository owner"},"repo":{"type":"string","description":"Repository name"},"title":{"type":"string","description":"Issue title"},"body":{"type":"string","description":"Issue body (markdown)"}},"required":["owner","repo","title"]}}"#;
+    let mut group = c.benchmark_group("guardrail");
+    group.throughput(Throughput::Bytes(def.len() as u64));
+    group.bench_function("standard_scan_tool_definition", |b| {
+        b.iter(|| black_box(g.scan_tool_definition("acme", black_box(def))))
+    });
+    group.bench_function("standard_scan_same_text_as_tool_result", |b| {
+        b.iter(|| black_box(g.scan("acme", GuardStage::ToolResult, black_box(def))))
+    });
+    group.finish();
+
     // Streaming a 16 KB completion in 4-byte deltas.
     let g = std::sync::Arc::new(g);
     let mut cut = 16 * 1024;
