@@ -75,10 +75,42 @@ pub struct GuardrailToolGuard {
     definitions: std::sync::Mutex<DefinitionVerdicts>,
 }
 
-/// Verdicts by tenant and definition text, with the guardrail that gave
-/// them (a reload makes them stale).
-type DefinitionVerdicts =
-    HashMap<(String, String), (Arc<aibox_guardrail::Guardrail>, GuardOutcome)>;
+/// Verdicts by tenant, then by definition text, each with the guardrail
+/// that gave it (a reload makes it stale). Two levels, so that a lookup
+/// borrows the tenant and the text instead of copying them per call.
+#[derive(Default)]
+struct DefinitionVerdicts {
+    by_tenant: HashMap<String, HashMap<String, (Arc<aibox_guardrail::Guardrail>, GuardOutcome)>>,
+    len: usize,
+}
+
+impl DefinitionVerdicts {
+    fn get(
+        &self,
+        tenant: &str,
+        text: &str,
+        g: &Arc<aibox_guardrail::Guardrail>,
+    ) -> Option<GuardOutcome> {
+        let (seen, out) = self.by_tenant.get(tenant)?.get(text)?;
+        Arc::ptr_eq(seen, g).then(|| out.clone())
+    }
+
+    fn insert(
+        &mut self,
+        tenant: &str,
+        text: &str,
+        g: Arc<aibox_guardrail::Guardrail>,
+        out: GuardOutcome,
+    ) {
+        if self.len >= MAX_DEFINITION_VERDICTS {
+            *self = Self::default();
+        }
+        let texts = self.by_tenant.entry(tenant.to_owned()).or_default();
+        if texts.insert(text.to_owned(), (g, out)).is_none() {
+            self.len += 1;
+        }
+    }
+}
 
 /// The most definition verdicts kept; the cache starts over when full.
 const MAX_DEFINITION_VERDICTS: usize = 4096;
@@ -90,7 +122,7 @@ impl GuardrailToolGuard {
     pub fn new(handle: Arc<crate::guard::GuardrailHandle>) -> Self {
         Self {
             handle,
-            definitions: std::sync::Mutex::new(HashMap::new()),
+            definitions: std::sync::Mutex::new(DefinitionVerdicts::default()),
         }
     }
 }
@@ -122,21 +154,20 @@ impl ToolGuard for GuardrailToolGuard {
                 g.scan_tool_definition(tenant, text)
             });
         }
-        let key = (principal.tenant.as_str().to_owned(), text.to_owned());
-        if let Ok(cache) = self.definitions.lock()
-            && let Some((seen, out)) = cache.get(&key)
-            && Arc::ptr_eq(seen, &g)
+        let tenant = principal.tenant.as_str();
+        if let Some(out) = self
+            .definitions
+            .lock()
+            .ok()
+            .and_then(|c| c.get(tenant, text, &g))
         {
-            return out.clone();
+            return out;
         }
         let out = Self::outcome(&g, principal, text, |g, tenant| {
             g.scan_tool_definition(tenant, text)
         });
         if let Ok(mut cache) = self.definitions.lock() {
-            if cache.len() >= MAX_DEFINITION_VERDICTS {
-                cache.clear();
-            }
-            cache.insert(key, (g, out.clone()));
+            cache.insert(tenant, text, g, out.clone());
         }
         out
     }
@@ -418,7 +449,7 @@ mod tests {
                 GuardAction::Allow
             );
         }
-        assert_eq!(guard.definitions.lock().unwrap().len(), 2);
+        assert_eq!(guard.definitions.lock().unwrap().len, 2);
         // The guardrail turned off for everyone, then reloaded.
         std::fs::write(&path, "enabled: false\n").unwrap();
         handle.reload().unwrap();

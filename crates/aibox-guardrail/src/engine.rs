@@ -394,7 +394,7 @@ impl Guardrail {
         }
         let strings = tooldef::readable(text);
         let norm = normalize::normalize(&strings);
-        let mut extra = self.injection.scan(&strings).findings;
+        let mut extra = self.injection.scan_folded(&strings, &norm).findings;
         extra.extend(self.tooldef.scan(&norm.text));
         // Noisy-or over distinct rules, each at its strongest, as the
         // injection scanner combines its own.
@@ -805,31 +805,26 @@ mod tests {
     fn tool_definition_actions_follow_the_profile() {
         let g = engine();
         let def = POISONED_TOOL_DEFINITIONS[0];
-        let permissive = Guardrail::new(&Constitution {
-            profile: Profile::Permissive,
+        let action_under = |c: Constitution| {
+            Guardrail::new(&c)
+                .unwrap()
+                .scan_tool_definition("acme", def)
+                .action
+        };
+        let profile = |profile| Constitution {
+            profile,
             ..Constitution::default()
-        })
-        .unwrap();
-        let v = permissive.scan_tool_definition("acme", def);
-        assert_eq!(v.action, GuardAction::Flag, "{v:?}");
-        let strict = Guardrail::new(&Constitution {
-            profile: Profile::Strict,
-            ..Constitution::default()
-        })
-        .unwrap();
+        };
         assert_eq!(
-            strict.scan_tool_definition("acme", def).action,
-            GuardAction::Block
+            action_under(profile(Profile::Permissive)),
+            GuardAction::Flag
         );
-        let off = Guardrail::new(&Constitution {
+        assert_eq!(action_under(profile(Profile::Strict)), GuardAction::Block);
+        let off = Constitution {
             enabled: false,
             ..Constitution::default()
-        })
-        .unwrap();
-        assert_eq!(
-            off.scan_tool_definition("acme", def).action,
-            GuardAction::Allow
-        );
+        };
+        assert_eq!(action_under(off), GuardAction::Allow);
         // PII in a description is redacted as in a tool result, at offsets
         // of the definition's own text.
         let pii = r#"{"name":"contact","description":"Questions go to jane.roe@example.org."}"#;

@@ -953,9 +953,14 @@ impl InjectionScanner {
 
     /// Scans `text` on its own (folds it and finds triggers itself).
     pub fn scan(&self, text: &str) -> InjectionReport {
-        let norm = normalize::normalize(text);
+        self.scan_folded(text, &normalize::normalize(text))
+    }
+
+    /// Scans `text` whose folded form the caller already holds (and uses
+    /// for other rules too); finds the triggers itself.
+    pub fn scan_folded(&self, text: &str, norm: &normalize::Normalized) -> InjectionReport {
         let hits = self.find_hits(&norm.text);
-        self.scan_normalized(text, &norm, &hits)
+        self.scan_normalized(text, norm, &hits)
     }
 
     fn find_hits(&self, folded: &str) -> Vec<Hit> {

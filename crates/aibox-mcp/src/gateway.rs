@@ -1143,22 +1143,23 @@ impl McpGateway {
         match out.action {
             GuardAction::Allow | GuardAction::Flag => Ok(value),
             GuardAction::Block => Err(blocked(out.reason.unwrap_or_else(|| "blocked".into()))),
-            GuardAction::Redact => {
-                // A redaction with nothing to redact to fails closed: passing
-                // the original on would release what the guardrail flagged.
-                let Some(replacement) = out.replacement else {
-                    return Err(blocked(
-                        "the guardrail asked for a redaction but gave no redacted text".into(),
-                    ));
-                };
-                match serde_json::from_str::<Value>(&replacement) {
-                    Ok(v) if v.is_object() == value.is_object() => Ok(v),
-                    _ => Err(blocked(
-                        "the redacted text is not valid JSON of the same shape".into(),
-                    )),
-                }
-            }
+            GuardAction::Redact => redacted(out.replacement.as_deref(), value.is_object())
+                .map_err(|why| blocked(why.into())),
         }
+    }
+}
+
+/// The value a redaction gives: its text parsed as JSON, which must be an
+/// object exactly when the original was. A redaction with nothing usable
+/// fails closed: passing the original on would release what the guardrail
+/// flagged.
+fn redacted(replacement: Option<&str>, object: bool) -> Result<Value, &'static str> {
+    let Some(text) = replacement else {
+        return Err("the guardrail asked for a redaction but gave no redacted text");
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v.is_object() == object => Ok(v),
+        _ => Err("the redacted text is not valid JSON of the same shape"),
     }
 }
 
@@ -1200,15 +1201,13 @@ impl McpGateway {
                 reason: out.reason.clone().unwrap_or_else(|| "blocked".into()),
                 outcome: out,
             },
-            GuardAction::Redact => {
-                match out.replacement.as_deref().map(serde_json::from_str::<Value>) {
-                    Some(Ok(v)) if v.is_object() => DefinitionCheck::Pass(Some(v)),
-                    _ => DefinitionCheck::Blocked {
-                        reason: "the guardrail asked for a redaction of the definition but gave no JSON object".into(),
-                        outcome: out,
-                    },
-                }
-            }
+            GuardAction::Redact => match redacted(out.replacement.as_deref(), true) {
+                Ok(v) => DefinitionCheck::Pass(Some(v)),
+                Err(why) => DefinitionCheck::Blocked {
+                    reason: why.into(),
+                    outcome: out,
+                },
+            },
         }
     }
 }
