@@ -743,7 +743,9 @@ def test_issue6_tools_with_poisoned_definitions_are_withheld(cluster: Cluster):
     (`standard` profile) before a client sees it. Poisoned tools are left
     out of tools/list and refused by name, before the server is called,
     with the refusal recorded in the audit log; a description with a
-    person's e-mail address is listed redacted; ordinary tools work."""
+    person's e-mail address is listed redacted; ordinary tools work.
+    Prompts and resources with poisoned descriptions are left out of
+    prompts/list and resources/list."""
     cwd = cluster.aibox_dir()
     marker = cwd / "poison-calls.txt"
     write_registry(cwd, ["tricky"], {"tricky": {
@@ -752,6 +754,8 @@ def test_issue6_tools_with_poisoned_definitions_are_withheld(cluster: Cluster):
         "args": [str(SERVERS_DIR / "poisoned_server.py")],
         "env": {"POISON_MARKER": str(marker)},
         "allow_clients": ["*"],
+        "prompts": {},
+        "resources": {},
     }})
     gw = cluster.aibox(gateway_config(), env=KEY_ENV, cwd=cwd)
     alice = create_key(cluster, cwd, "acme", "alice", "tools")
@@ -759,6 +763,19 @@ def test_issue6_tools_with_poisoned_definitions_are_withheld(cluster: Cluster):
 
     async def listing(s: ClientSession) -> dict[str, Any]:
         return {t.name: t for t in (await s.list_tools()).tools}
+
+    async def others(s: ClientSession) -> dict[str, Any]:
+        return {
+            "prompts": sorted(p.name for p in (await s.list_prompts()).prompts),
+            "resources": sorted(str(r.uri) for r in (await s.list_resources()).resources),
+            "team": await s.read_resource("aibox://tricky/notes://team"),
+        }
+
+    # Prompt and resource descriptions are scanned the same way.
+    listed = with_session(env, alice, others)
+    assert listed["prompts"] == ["tricky__summarize"], listed
+    assert listed["resources"] == ["aibox://tricky/notes://team"], listed
+    assert [c.text for c in listed["team"].contents] == ["Monday: planning."], listed
 
     tools = with_session(env, alice, listing)
     assert sorted(tools) == ["tricky__contact", "tricky__lookup"], sorted(tools)

@@ -27,7 +27,7 @@ use std::time::Instant;
 use aibox_core::audit::{EventKind, GuardStage, Sha256Hex};
 use serde_json::{Map, Value, json};
 
-use crate::gateway::{CallContext, McpGateway, Recorder, Server, Stop};
+use crate::gateway::{CallContext, DefinitionCheck, McpGateway, Recorder, Server, Stop};
 use crate::names;
 use crate::passthrough::{self, wrap_uri};
 use crate::policy::{self, Denial, ToolVerdict};
@@ -130,7 +130,8 @@ impl McpGateway {
     }
 
     /// Lists of every admitted server, rewritten by `keep` (which drops an
-    /// entry by returning `None`); servers that fail are skipped and logged.
+    /// entry by returning `None`) and vetted by the guardrail
+    /// ([`Self::vetted`]); servers that fail are skipped and logged.
     async fn gather(
         &self,
         principal: &aibox_core::Principal,
@@ -149,13 +150,46 @@ impl McpGateway {
         let mut out = Vec::new();
         for (server, list) in servers.into_iter().zip(lists) {
             match list {
-                Ok(items) => out.extend(items.into_iter().filter_map(|v| keep(server, v))),
+                Ok(items) => out.extend(
+                    items
+                        .into_iter()
+                        .filter_map(|v| keep(server, v))
+                        .filter_map(|v| self.vetted(principal, server, kind, v)),
+                ),
                 Err(e) => {
                     tracing::warn!(server = %server.spec.name, %method, error = %e, "a list of an unavailable MCP server is not shown");
                 }
             }
         }
         out
+    }
+
+    /// A list entry as the guardrail lets it pass: as it is, redacted, or
+    /// not at all. A prompt's or resource's name and description reach
+    /// the model as guidance wherever a client offers them to it, so a
+    /// poisoned one is withheld, as a poisoned tool is from `tools/list`.
+    /// Getting or reading it by name needs no check of its own: that
+    /// result is the content, which passes the output scan.
+    fn vetted(
+        &self,
+        principal: &aibox_core::Principal,
+        server: &Server,
+        kind: Kind,
+        entry: Value,
+    ) -> Option<Value> {
+        let name = ["name", "uri", "uriTemplate"]
+            .iter()
+            .find_map(|k| entry.get(*k).and_then(Value::as_str))
+            .unwrap_or("")
+            .to_owned();
+        match self.check_definition(principal, &server.spec.name, &name, &entry) {
+            DefinitionCheck::Pass(None) => Some(entry),
+            DefinitionCheck::Pass(Some(redacted)) => Some(redacted),
+            DefinitionCheck::Blocked { reason, .. } => {
+                tracing::warn!(server = %server.spec.name, kind = kind.word(), entry = %names::printable(&name), reason = %reason, "entry withheld from the {} list: the guardrail refused its description (tool poisoning?)", kind.word());
+                None
+            }
+        }
     }
 
     /// `resources/list`: the resources `principal` may read, with

@@ -50,7 +50,7 @@ use crate::seams::{
 };
 use crate::session::SessionStore;
 use crate::stdio::StdioServer;
-use crate::upstream::{CallError, ServerHealth, ToolInfo, Upstream};
+use crate::upstream::{CallError, ServerHealth, Upstream};
 
 /// The params `_meta` key that carries the turn's CapToken.
 pub const CAPTOKEN_META_KEY: &str = "aibox/captoken";
@@ -717,7 +717,12 @@ impl McpGateway {
                 let Ok(full) = names::join(&server.spec.name, &t.name) else {
                     continue;
                 };
-                let mut def = match self.check_definition(principal, &server.spec.name, t) {
+                let mut def = match self.check_definition(
+                    principal,
+                    &server.spec.name,
+                    &t.name,
+                    &t.def,
+                ) {
                     DefinitionCheck::Pass(None) => t.def.clone(),
                     DefinitionCheck::Pass(Some(redacted)) => redacted,
                     DefinitionCheck::Blocked { reason, .. } => {
@@ -827,7 +832,7 @@ impl McpGateway {
             // is refused the same way. Only a refusal is recorded, so that
             // a call's record does not grow by a verdict on every call.
             if let DefinitionCheck::Blocked { reason, outcome } =
-                self.check_definition(ctx.principal, &server_name, info)
+                self.check_definition(ctx.principal, &server_name, &info.name, &info.def)
             {
                 rec.push(EventKind::GuardrailVerdict {
                     stage: GuardStage::ToolResult,
@@ -1163,10 +1168,10 @@ fn redacted(replacement: Option<&str>, object: bool) -> Result<Value, &'static s
     }
 }
 
-/// What the guardrail made of a tool's definition.
-enum DefinitionCheck {
-    /// Pass the tool on: its definition as the server sent it (`None`) or
-    /// redacted.
+/// What the guardrail made of a definition: a tool's, or a prompt's or
+/// resource's list entry.
+pub(crate) enum DefinitionCheck {
+    /// Pass it on: as the server sent it (`None`) or redacted.
     Pass(Option<Value>),
     /// Withhold it: neither listed nor called.
     Blocked {
@@ -1178,23 +1183,25 @@ enum DefinitionCheck {
 }
 
 impl McpGateway {
-    /// Runs a tool's definition through the guardrail for `principal`
-    /// (whose tenant picks the profile). A redaction that yields no JSON
-    /// object withholds the tool: passing the original on would release
-    /// what the guardrail flagged.
-    fn check_definition(
+    /// Runs a definition (a tool's, or a prompt's or resource's list
+    /// entry: whatever a client may show the model as guidance) named
+    /// `name` through the guardrail for `principal` (whose tenant picks
+    /// the profile). A redaction that yields no JSON object withholds it:
+    /// passing the original on would release what the guardrail flagged.
+    pub(crate) fn check_definition(
         &self,
         principal: &Principal,
         server: &str,
-        tool: &ToolInfo,
+        name: &str,
+        def: &Value,
     ) -> DefinitionCheck {
         if !self.guard.active() {
             return DefinitionCheck::Pass(None);
         }
-        let text = serde_json::to_string(&tool.def).unwrap_or_default();
+        let text = serde_json::to_string(def).unwrap_or_default();
         let out = self
             .guard
-            .inspect_definition(principal, server, &tool.name, &text);
+            .inspect_definition(principal, server, name, &text);
         match out.action {
             GuardAction::Allow | GuardAction::Flag => DefinitionCheck::Pass(None),
             GuardAction::Block => DefinitionCheck::Blocked {
