@@ -182,7 +182,8 @@ impl McpGateway {
             .find_map(|k| entry.get(*k).and_then(Value::as_str))
             .unwrap_or("")
             .to_owned();
-        match self.check_definition(principal, &server.spec.name, &name, &entry) {
+        let text = serde_json::to_string(&entry).unwrap_or_default();
+        match self.check_definition(principal, &server.spec.name, &name, &text) {
             DefinitionCheck::Pass(None) => Some(entry),
             DefinitionCheck::Pass(Some(redacted)) => Some(redacted),
             DefinitionCheck::Blocked { reason, .. } => {

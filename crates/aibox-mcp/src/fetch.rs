@@ -103,10 +103,7 @@ impl FetchServer {
         });
         Self {
             egress,
-            tools: Arc::new(vec![ToolInfo {
-                name: FETCH_TOOL.to_owned(),
-                def,
-            }]),
+            tools: Arc::new(vec![ToolInfo::new(FETCH_TOOL.to_owned(), def)]),
         }
     }
 

@@ -133,7 +133,7 @@ fn tool_defs() -> Vec<ToolInfo> {
     defs.into_iter()
         .filter_map(|def| {
             let name = def.get("name")?.as_str()?.to_owned();
-            Some(ToolInfo { name, def })
+            Some(ToolInfo::new(name, def))
         })
         .collect()
 }

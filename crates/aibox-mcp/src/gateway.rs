@@ -721,7 +721,7 @@ impl McpGateway {
                     principal,
                     &server.spec.name,
                     &t.name,
-                    &t.def,
+                    &t.text,
                 ) {
                     DefinitionCheck::Pass(None) => t.def.clone(),
                     DefinitionCheck::Pass(Some(redacted)) => redacted,
@@ -832,7 +832,7 @@ impl McpGateway {
             // is refused the same way. Only a refusal is recorded, so that
             // a call's record does not grow by a verdict on every call.
             if let DefinitionCheck::Blocked { reason, outcome } =
-                self.check_definition(ctx.principal, &server_name, &info.name, &info.def)
+                self.check_definition(ctx.principal, &server_name, &info.name, &info.text)
             {
                 rec.push(EventKind::GuardrailVerdict {
                     stage: GuardStage::ToolResult,
@@ -1185,23 +1185,21 @@ pub(crate) enum DefinitionCheck {
 impl McpGateway {
     /// Runs a definition (a tool's, or a prompt's or resource's list
     /// entry: whatever a client may show the model as guidance) named
-    /// `name` through the guardrail for `principal` (whose tenant picks
-    /// the profile). A redaction that yields no JSON object withholds it:
-    /// passing the original on would release what the guardrail flagged.
+    /// `name`, as JSON `text`, through the guardrail for `principal`
+    /// (whose tenant picks the profile). A redaction that yields no JSON
+    /// object withholds it: passing the original on would release what
+    /// the guardrail flagged.
     pub(crate) fn check_definition(
         &self,
         principal: &Principal,
         server: &str,
         name: &str,
-        def: &Value,
+        text: &str,
     ) -> DefinitionCheck {
         if !self.guard.active() {
             return DefinitionCheck::Pass(None);
         }
-        let text = serde_json::to_string(def).unwrap_or_default();
-        let out = self
-            .guard
-            .inspect_definition(principal, server, name, &text);
+        let out = self.guard.inspect_definition(principal, server, name, text);
         match out.action {
             GuardAction::Allow | GuardAction::Flag => DefinitionCheck::Pass(None),
             GuardAction::Block => DefinitionCheck::Blocked {

@@ -23,6 +23,17 @@ pub struct ToolInfo {
     pub name: String,
     /// The tool object as the server described it (schema, description...).
     pub def: Value,
+    /// `def` as JSON text, serialised once when the list is read: every
+    /// `tools/call` checks the called tool's definition by this text.
+    pub text: String,
+}
+
+impl ToolInfo {
+    /// A tool named `name` described by `def`.
+    pub fn new(name: String, def: Value) -> Self {
+        let text = serde_json::to_string(&def).unwrap_or_default();
+        Self { name, def, text }
+    }
 }
 
 /// Why a call to a tool server failed.
@@ -196,7 +207,7 @@ pub fn accept_tools(server: &str, listed: Vec<Value>) -> Vec<ToolInfo> {
             );
             break;
         }
-        out.push(ToolInfo { name, def });
+        out.push(ToolInfo::new(name, def));
     }
     out
 }
