@@ -86,6 +86,18 @@ ROOT = Path(__file__).resolve().parents[1]
 STDIO_SERVER = ROOT / "tests" / "e2e" / "mcp_servers" / "stdio_server.py"
 HTTP_SERVER = ROOT / "tests" / "e2e" / "mcp_servers" / "http_server.py"
 WARMUP = 20
+# Which pairs measure issue 6's target (at most +1 ms p50): those whose two
+# sides differ only by aibox. In `stdio` and `stdio-lean` the client speaks
+# HTTP (the SDK's client, or httpx) only on the aibox side, so their
+# difference also holds that client's own cost.
+TARGET_NOTE = {
+    "stdio": "client differs by side: SDK HTTP vs SDK stdio; not the target's measure",
+    "stdio-lean": "client differs by side: httpx vs pipes; not the target's measure",
+    "http-sdk": "target: p50 <= 1 ms",
+    "http-lean": "target: p50 <= 1 ms",
+    "http-raw": "target: p50 <= 1 ms",
+    "stdio-raw": "target: p50 <= 1 ms",
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -146,7 +158,7 @@ async def pair(name: str, calls: int, direct: Call, gateways: list[tuple[str, Ca
         g50, g99 = pct(g, 50), pct(g, 99)
         cpu_ms = cpu[label] / calls * 1000
         print(f"[{name}] {label:15} p50 {g50:7.3f} ms  p99 {g99:7.3f} ms  mean {statistics.mean(g):7.3f} ms")
-        print(f"[{name}] added by {label:9} p50 {g50 - d50:+.3f} ms  p99 {g99 - d99:+.3f} ms  (target: p50 <= 1 ms)"
+        print(f"[{name}] added by {label:9} p50 {g50 - d50:+.3f} ms  p99 {g99 - d99:+.3f} ms  ({TARGET_NOTE[name]})"
               f"  CPU per call {cpu_ms:.3f} ms")
         out.append({"pair": name, "side": label, "direct_p50": d50, "aibox_p50": g50, "added_p50": g50 - d50,
                     "direct_p99": d99, "aibox_p99": g99, "aibox_cpu_ms_per_call": cpu_ms})
