@@ -22,6 +22,7 @@ import json
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -125,8 +126,8 @@ def test_wrong_credentials_are_refused(cluster, browser, shots, method, secret):
     assert httpx.get(d.url + "/api/session").status_code == 401
 
 
-def system_actions(d: Dash) -> list[dict]:
-    """The `ops_action` events of the `_aibox` tenant, read from the audit
+def system_actions(d: Dash, kind: str = "ops_action") -> list[dict]:
+    """The `kind` events of the `_aibox` tenant, read from the audit
     database itself (read-only)."""
     db = sqlite3.connect(f"file:{d.gw.cwd / 'data' / 'audit.db'}?mode=ro", uri=True)
     try:
@@ -134,7 +135,7 @@ def system_actions(d: Dash) -> list[dict]:
     finally:
         db.close()
     events = [json.loads(r[0]) for r in rows]
-    return [e for e in events if e["type"] == "ops_action"]
+    return [e for e in events if e["type"] == kind]
 
 
 def test_dashboard_logins_and_logouts_are_audited_and_a_login_fails_closed(cluster):
@@ -151,7 +152,17 @@ def test_dashboard_logins_and_logouts_are_audited_and_a_login_fails_closed(clust
         before = system_actions(d)
         assert httpx.post(d.url + "/api/login", json={"token": "not-the-token"}).status_code == 401
         assert httpx.post(d.url + "/api/login", json={"password": "wrong horse"}).status_code == 401
-        assert system_actions(d) == before, "a refused login was written to the log"
+        assert system_actions(d) == before, "a refused login was written to the log as an action"
+        # It is recorded as a refused authentication instead (after the
+        # 401, so wait for it), without the credential that was tried.
+        deadline = time.monotonic() + 10
+        while len(refused := system_actions(d, "auth_refused")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(e["reason"], e["route"]) for e in refused] == [
+            ("wrong_dashboard_token", "dashboard/login"),
+            ("wrong_dashboard_password", "dashboard/login"),
+        ], refused
+        assert "not-the-token" not in json.dumps(refused) and "wrong horse" not in json.dumps(refused)
 
         out = c.post("/api/logout", headers={"X-CSRF-Token": r.json()["csrf"], "Origin": d.url})
         assert out.status_code == 200, out.text

@@ -628,6 +628,80 @@ def test_api_key_expired_wrong_secret_and_malformed_are_refused(cluster: Cluster
     assert any(line.split()[-1] == "expired" for line in listing.splitlines()[1:]), listing
 
 
+def _auth_refused_events(cluster: Cluster, gw: Aibox) -> tuple[list[dict[str, Any]], str]:
+    """The `auth_refused` events of the `_aibox` tenant, through `aibox
+    audit export` as an operator reads them, and the export's whole text."""
+    out = gw.cwd / f"export-{uuid.uuid4().hex[:6]}.json"
+    r = cluster.run_aibox(["audit", "export", "--tenant", "_aibox", "--out", str(out), "--config", str(gw.cwd / "config.yaml")],
+                          cwd=gw.cwd, env=KEY_ENV)
+    if r.returncode != 0:
+        # No event of the tenant yet: the records are written after the 401s.
+        return [], ""
+    text = out.read_text()
+    events = [json.loads(row["event"]) for row in json.loads(text)["rows"]]
+    return [e for e in events if e.get("type") == "auth_refused"], text
+
+
+def test_refused_authentications_are_in_the_audit_log_rate_limited_and_counted(cluster: Cluster):
+    """Every 401 of the edge is accounted for in the `_aibox` tenant's
+    tamper-evident log: a record per refusal (reason, route, request id, a
+    presented API key's public id, never the credential) up to a burst,
+    then at a bounded rate, each record counting the refusals it stood for
+    since the previous one, so that a flood of bad credentials cannot turn
+    into a flood of durable writes and still leaves an exact count."""
+    fake = cluster.fake_upstream()
+    svc = RecordingServer()
+    cluster._closers.append(svc.close)
+    gw = apikey_gateway(cluster, fake, svc)
+    good, good_id = create_key(cluster, gw.cwd, "--tenant", "acme", "--user", "ci", "--roles", "admin")
+    wrong_secret = f"aibox_{good_id}_{b64url(os.urandom(32))}"
+    http = gw.http()
+    first = [
+        ("refused-missing", None, "missing"),
+        ("refused-garbage", "not-a-key-" + b64url(new_secret()), "not_an_api_key"),
+        ("refused-wrong-secret", wrong_secret, "unknown_api_key"),
+    ]
+    for rid, credential, reason in first:
+        headers = {"x-request-id": rid} | ({"authorization": f"Bearer {credential}"} if credential else {})
+        assert_refused(http.post("/v1/chat/completions", json=CHAT, headers=headers), gw, rid, reason, credential)
+    flood = 150
+    started = time.monotonic()
+    for _ in range(flood):
+        r = http.post("/v1/models", headers={"authorization": f"Bearer {wrong_secret}"})
+        assert r.status_code == 401, r.text
+    flood_secs = time.monotonic() - started
+    # A quiet spell (one refill interval, 10 s) earns a record, which carries
+    # the count of the flood's refusals that were not recorded one by one.
+    time.sleep(10.2)
+    assert http.get("/v1/models", headers={"x-request-id": "refused-last"}).status_code == 401
+    total = len(first) + flood + 1
+
+    deadline = time.monotonic() + 20
+    while True:
+        events, text = _auth_refused_events(cluster, gw)
+        if sum(1 + e["suppressed"] for e in events) >= total or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sum(1 + e["suppressed"] for e in events) == total, events
+    # Rate-limited: a burst of 20, then one per 10 s, far fewer records than
+    # refusals.
+    assert len(events) <= 20 + flood_secs / 10 + 2, (len(events), flood_secs)
+    assert len(events) < total / 2, len(events)
+    by_rid = {e["request_id"]: e for e in events if e["request_id"]}
+    for rid, credential, reason in first:
+        e = by_rid[rid]
+        assert (e["reason"], e["route"], e["suppressed"]) == (reason, "/v1/chat/completions", 0), e
+    assert by_rid["refused-wrong-secret"]["key_id"] == good_id
+    assert by_rid["refused-missing"]["key_id"] is None and by_rid["refused-garbage"]["key_id"] is None
+    last = by_rid["refused-last"]
+    assert (last["reason"], last["route"]) == ("missing", "/v1/models") and last["suppressed"] > 0, last
+    # No credential, or any part of one, is in the log.
+    for secret in (wrong_secret.rsplit("_", 1)[1], first[1][1], good.rsplit("_", 1)[1]):
+        assert secret not in text
+    assert cluster.run_aibox(["audit", "verify", "--tenant", "_aibox", "--config", str(gw.cwd / "config.yaml")],
+                             cwd=gw.cwd, env=KEY_ENV).returncode == 0
+
+
 def test_api_keys_on_real_postgresql(cluster: Cluster):
     import psycopg
 

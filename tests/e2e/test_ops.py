@@ -120,11 +120,22 @@ def test_actions_refuse_a_missing_or_wrong_token(shared, module_cluster, method,
     assert len(ops_actions(module_cluster, shared)) == before
 
 
-def test_refusals_are_counted(shared):
-    shared.ops().post("/ops/reload/keys", headers={"Authorization": "Bearer nope"})
+def test_refusals_are_counted(shared, module_cluster):
+    shared.ops().post("/ops/reload/keys", headers={"Authorization": "Bearer nope-wrong-ops-token"})
     text = shared.ops().get("/metrics").text
     line = next(ln for ln in text.splitlines() if ln.startswith("aibox_ops_auth_failures_total "))
     assert float(line.split()[1]) >= 1
+    # And recorded in the system tenant's audit log (the record is written
+    # after the 401), without the presented token.
+    deadline = time.monotonic() + 10
+    while True:
+        events = system_events(module_cluster, shared)
+        refused = [e for e in events if e["type"] == "auth_refused" and e["route"] == "ops"]
+        if refused or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert {e["reason"] for e in refused} >= {"wrong_ops_token"}, events
+    assert "nope-wrong-ops-token" not in json.dumps(events)
 
 
 @pytest.mark.parametrize(("method", "path"), ACTIONS)

@@ -158,10 +158,21 @@ pub enum EventKind {
         /// The redacted content, only when the operator enabled content capture.
         content: Option<String>,
     },
-    /// The edge refused an authentication attempt.
+    /// The edge refused an authentication attempt (recorded in the
+    /// `_aibox` system tenant, at a bounded rate).
     AuthRefused {
-        /// Why, without token contents.
+        /// Why, as the error code the client got, without token contents.
         reason: String,
+        /// The route the request was for (the router's pattern, not the
+        /// raw path).
+        route: String,
+        /// The presented gateway API key's public id, when the credential
+        /// parsed as one (never its secret part).
+        key_id: Option<String>,
+        /// Refusals since the previous record that were not recorded one
+        /// by one (the rate limit); each is counted here, so the records
+        /// account for every refusal.
+        suppressed: u64,
     },
     /// A guardrail scan finished.
     GuardrailVerdict {

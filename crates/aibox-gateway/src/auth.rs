@@ -179,7 +179,7 @@ impl Authenticator {
     }
 
     /// Authenticates one request.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
         let bearer = bearer(headers)?;
         let Some(token) = bearer else {
             if self.enabled {
@@ -218,7 +218,7 @@ impl Authenticator {
         Ok(p)
     }
 
-    async fn api_key(&self, presented: &str) -> Result<Principal, ApiError> {
+    async fn api_key(&self, presented: &str) -> Result<Principal, AuthFailure> {
         let key = ApiKey::parse(presented)
             .map_err(|e| refused("malformed_api_key", e.operator_hint()))?;
         let record = self.store.api_key(key.id().as_str()).await.map_err(|e| {
@@ -237,23 +237,27 @@ impl Authenticator {
             .map(|r| r.hash.as_str())
             .unwrap_or(UNKNOWN_HASH);
         let matches = key.verify(stored);
+        let id = || Some(key.id().as_str().to_owned());
         let Some(record) = record.filter(|_| matches) else {
             return Err(refused(
                 "unknown_api_key",
                 "no API key with this id and secret (`aibox apikey list` shows the ids)",
-            ));
+            )
+            .with_key_id(id()));
         };
         if record.revoked_ms.is_some() {
             return Err(refused(
                 "revoked_api_key",
                 "the API key was revoked (`aibox apikey revoke`)",
-            ));
+            )
+            .with_key_id(id()));
         }
         if record.expires_ms.is_some_and(|exp| exp <= now_ms()) {
             return Err(refused(
                 "expired_api_key",
                 "the API key has expired; create a new one with `aibox apikey create`",
-            ));
+            )
+            .with_key_id(id()));
         }
         Ok(Principal {
             tenant: record.tenant,
@@ -276,7 +280,7 @@ fn now_ms() -> i64 {
 
 /// The bearer value, if any. Several `Authorization` headers, or one that is
 /// not `Bearer`, are refused rather than guessed at.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -309,13 +313,63 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(Some(token))
 }
 
-/// A 401 whose client message is generic and whose log line names the cause.
-fn refused(reason: &'static str, hint: &str) -> ApiError {
-    tracing::warn!(reason, hint, "authentication refused");
-    ApiError::unauthorized(reason)
+/// Why a request was not authenticated: the client's error and, when the
+/// credential was refused (a 401, not an unavailable identity provider or
+/// store), the reason code and a presented API key's public id, which the
+/// edge records in the audit log ([`crate::refusals`]).
+#[derive(Debug)]
+pub struct AuthFailure {
+    /// What the client gets.
+    pub error: ApiError,
+    /// What was refused, when the credential was (boxed: a failure travels
+    /// in a `Result` on every request's path).
+    pub refusal: Option<Box<Refusal>>,
 }
 
-fn oidc_error(e: AuthError) -> ApiError {
+/// A refused credential, as the audit log records it.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The reason code the client also gets.
+    pub reason: &'static str,
+    /// The public id of the API key that was refused, if one parsed.
+    pub key_id: Option<String>,
+}
+
+impl AuthFailure {
+    fn refused(reason: &'static str) -> Self {
+        Self {
+            error: ApiError::unauthorized(reason),
+            refusal: Some(Box::new(Refusal {
+                reason,
+                key_id: None,
+            })),
+        }
+    }
+
+    fn with_key_id(mut self, key_id: Option<String>) -> Self {
+        if let Some(r) = &mut self.refusal {
+            r.key_id = key_id;
+        }
+        self
+    }
+}
+
+impl From<ApiError> for AuthFailure {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            refusal: None,
+        }
+    }
+}
+
+/// A 401 whose client message is generic and whose log line names the cause.
+fn refused(reason: &'static str, hint: &str) -> AuthFailure {
+    tracing::warn!(reason, hint, "authentication refused");
+    AuthFailure::refused(reason)
+}
+
+fn oidc_error(e: AuthError) -> AuthFailure {
     if e.is_server_side() {
         tracing::error!(reason = e.code(), hint = %e.operator_hint(), "cannot validate tokens");
         return ApiError::new(
@@ -323,10 +377,11 @@ fn oidc_error(e: AuthError) -> ApiError {
             "server_error",
             "identity_provider_unavailable",
             "the gateway cannot reach the identity provider to validate tokens",
-        );
+        )
+        .into();
     }
     tracing::warn!(reason = e.code(), hint = %e.operator_hint(), "authentication refused");
-    ApiError::unauthorized(e.code())
+    AuthFailure::refused(e.code())
 }
 
 #[cfg(test)]

@@ -114,12 +114,17 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
                 req.extensions_mut().insert(principal);
                 next.run(req).await
             }
-            Err(e) => {
+            Err(failure) => {
+                if let Some(r) = failure.refusal {
+                    state
+                        .refusals
+                        .record(&state.audit, r.reason, &route, r.key_id, Some(&rid));
+                }
                 // Refused before the body was read: hyper will not reuse a
                 // connection with an unread body, so say so; otherwise a
                 // client may send its next request into the closing
                 // connection and see it dropped unanswered.
-                let mut resp = e.into_response();
+                let mut resp = failure.error.into_response();
                 resp.headers_mut().insert(
                     axum::http::header::CONNECTION,
                     HeaderValue::from_static("close"),

@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod metrics;
 mod openai;
 pub mod ops;
+pub mod refusals;
 pub mod telemetry;
 mod turn;
 mod vault;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub store: Store,
     /// The tamper-evident audit log.
     pub audit: AuditLog,
+    /// Refused authentications on their way into the audit log.
+    pub refusals: refusals::Refusals,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Authentication.
@@ -211,6 +214,7 @@ impl AppState {
             limiter,
             store,
             audit,
+            refusals: refusals::Refusals::default(),
             metrics: Arc::new(Metrics::new()),
             auth: Arc::new(auth),
             principal_signer: arc_swap::ArcSwap::from_pointee(principal_signer),

@@ -381,6 +381,14 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response
         return Ok(());
     }
     state.metrics.ops_auth_failures.inc();
+    let reason = if given.is_empty() {
+        "missing_ops_token"
+    } else {
+        "wrong_ops_token"
+    };
+    state
+        .refusals
+        .record(&state.audit, reason, "ops", None, None);
     tracing::warn!("ops API: request refused, missing or wrong OPS_CONTROLLER_TOKEN");
     let mut resp = (
         StatusCode::UNAUTHORIZED,

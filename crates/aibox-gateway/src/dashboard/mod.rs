@@ -616,6 +616,13 @@ fn session_target(method: &str, user: Option<&str>) -> String {
 
 fn refused_login(state: &AppState, method: &str) -> ApiError {
     state.metrics.ops_auth_failures.inc();
+    state.refusals.record(
+        &state.audit,
+        &format!("wrong_dashboard_{method}"),
+        "dashboard/login",
+        None,
+        None,
+    );
     tracing::warn!(method, "dashboard login refused: wrong credential");
     unauthorized("wrong token or password")
 }

@@ -1,0 +1,214 @@
+//! Refused authentications in the audit log: each 401 of the edge becomes
+//! an `auth_refused` event of the `_aibox` system tenant (the reason, the
+//! route, a presented API key's public id, never the credential), at a
+//! bounded rate.
+//!
+//! Why a rate: every record is a durable append to a log that is never
+//! pruned, so an unauthenticated caller must not be able to make it grow
+//! at will, nor turn a flood into a flood of `fsync`s paid by everyone
+//! else's turns. A token bucket admits [`BURST`] records at once and then
+//! one per [`REFILL`] (at most 8,640 a day, about 8 MiB, under a sustained
+//! flood); a refusal it does not admit is counted, and the next record
+//! carries the count (`suppressed`), so the records still account for
+//! every refusal. The 401 never waits for its record: a refusal releases
+//! nothing, so nothing has to be durable before it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aibox_auditlog::AuditLog;
+use aibox_core::RequestId;
+use aibox_core::audit::{AuditEvent, EventKind};
+
+/// Records admitted at once, after a quiet spell.
+pub const BURST: u32 = 20;
+/// After a burst, one more record is admitted per this interval.
+pub const REFILL: Duration = Duration::from_secs(10);
+
+/// The limiter's state: a token bucket and the refusals it held back
+/// since the last admitted record.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+/// What to do with one refusal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Record it, with this many earlier refusals not recorded one by one.
+    Record {
+        /// Refusals held back since the previous record.
+        suppressed: u64,
+    },
+    /// Only count it; a later record carries the count.
+    Suppress,
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            tokens: f64::from(BURST),
+            last: now,
+            suppressed: 0,
+        }
+    }
+
+    /// Decides on a refusal at `now`.
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed / REFILL.as_secs_f64()).min(f64::from(BURST));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Admit::Record {
+                suppressed: std::mem::take(&mut self.suppressed),
+            }
+        } else {
+            self.suppressed = self.suppressed.saturating_add(1);
+            Admit::Suppress
+        }
+    }
+
+    /// Gives back the count of a record that could not be written, so the
+    /// next one carries it.
+    pub fn restore(&mut self, refusals: u64) {
+        self.suppressed = self.suppressed.saturating_add(refusals);
+    }
+}
+
+/// The edge's recorder of refused authentications.
+#[derive(Debug)]
+pub struct Refusals {
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            bucket: Arc::new(Mutex::new(Bucket::new(Instant::now()))),
+        }
+    }
+}
+
+impl Refusals {
+    /// Records (or counts) one refused authentication in `audit`, without
+    /// waiting for the append. `route` names what was asked for (a route
+    /// pattern, `ops`, `dashboard/login`); `key_id` is the public id of a
+    /// refused gateway API key.
+    pub fn record(
+        &self,
+        audit: &AuditLog,
+        reason: &str,
+        route: &str,
+        key_id: Option<String>,
+        request_id: Option<&RequestId>,
+    ) {
+        let suppressed = match self.bucket.lock() {
+            Ok(mut b) => match b.admit(Instant::now()) {
+                Admit::Record { suppressed } => suppressed,
+                Admit::Suppress => return,
+            },
+            // A poisoned lock only means a panic elsewhere; record anyway.
+            Err(_) => 0,
+        };
+        let tenant = crate::ops::system_tenant();
+        let event = AuditEvent {
+            tenant: tenant.clone(),
+            turn: None,
+            request_id: request_id.cloned(),
+            at_ms: now_ms(),
+            kind: EventKind::AuthRefused {
+                reason: reason.to_owned(),
+                route: route.to_owned(),
+                key_id,
+                suppressed,
+            },
+        };
+        let audit = audit.clone();
+        let bucket = self.bucket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = audit.append_turn(&tenant, None, vec![event]).await {
+                tracing::error!(error = %e, "cannot record a refused authentication in the audit log; its count is carried to the next record");
+                if let Ok(mut b) = bucket.lock() {
+                    b.restore(suppressed.saturating_add(1));
+                }
+            }
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_recorded_then_refusals_are_counted_into_the_next_record() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        for _ in 0..BURST {
+            assert_eq!(b.admit(t0), Admit::Record { suppressed: 0 });
+        }
+        for _ in 0..7 {
+            assert_eq!(b.admit(t0), Admit::Suppress);
+        }
+        // One token back after REFILL: the next record carries the 7.
+        assert_eq!(b.admit(t0 + REFILL / 2), Admit::Suppress);
+        let later = t0 + REFILL + Duration::from_millis(1);
+        assert_eq!(b.admit(later), Admit::Record { suppressed: 8 });
+        assert_eq!(b.admit(later), Admit::Suppress);
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_and_never_above_the_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        for _ in 0..BURST {
+            b.admit(t0);
+        }
+        // An hour of quiet refills to BURST, not more.
+        let later = t0 + Duration::from_secs(3600);
+        let admitted = (0..BURST * 3)
+            .filter(|_| matches!(b.admit(later), Admit::Record { .. }))
+            .count();
+        assert_eq!(admitted, BURST as usize);
+        // Over ten minutes of a steady flood (one refusal every 10 ms), one
+        // record per REFILL.
+        let mut recorded = 0u64;
+        let mut accounted = 0;
+        let n = 60_000u64;
+        for i in 0..n {
+            if let Admit::Record { suppressed } = b.admit(later + Duration::from_millis(10 * i)) {
+                recorded += 1;
+                accounted += 1 + suppressed;
+            }
+        }
+        let expected = 600 / REFILL.as_secs();
+        assert!(
+            (expected - 1..=expected + 1).contains(&recorded),
+            "{recorded}"
+        );
+        // Every refusal of the flood is accounted for by the records, but
+        // the ones after the last record, which the next record will carry.
+        let per_refill = REFILL.as_millis() as u64 / 10;
+        assert!(accounted <= n && accounted + per_refill >= n, "{accounted}");
+    }
+
+    #[test]
+    fn a_record_that_could_not_be_written_is_carried_forward() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        assert_eq!(b.admit(t0), Admit::Record { suppressed: 0 });
+        b.restore(1);
+        assert_eq!(b.admit(t0), Admit::Record { suppressed: 1 });
+    }
+}
