@@ -13,6 +13,7 @@
 //! every refusal. The 401 never waits for its record: a refusal releases
 //! nothing, so nothing has to be durable before it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,11 +57,15 @@ impl Bucket {
         }
     }
 
-    /// Decides on a refusal at `now`.
-    pub fn admit(&mut self, now: Instant) -> Admit {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed / REFILL.as_secs_f64()).min(f64::from(BURST));
+    }
+
+    /// Decides on a refusal at `now`.
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Admit::Record {
@@ -77,20 +82,75 @@ impl Bucket {
     pub fn restore(&mut self, refusals: u64) {
         self.suppressed = self.suppressed.saturating_add(refusals);
     }
+
+    /// How many refusals are held back.
+    pub fn held_back(&self) -> u64 {
+        self.suppressed
+    }
+
+    /// Takes every held-back refusal for one record of them, spending a
+    /// token (or, with `force`, at shutdown, without one); `None` when
+    /// none are held back or no token is available.
+    pub fn drain(&mut self, now: Instant, force: bool) -> Option<u64> {
+        self.refill(now);
+        if self.suppressed == 0 {
+            return None;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+        } else if !force {
+            return None;
+        }
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// The edge's recorder of refused authentications.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Refusals {
-    bucket: Arc<Mutex<Bucket>>,
+    shared: Arc<Shared>,
 }
 
-impl Default for Refusals {
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Records being appended, which a shutdown waits for.
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Default for Shared {
     fn default() -> Self {
         Self {
-            bucket: Arc::new(Mutex::new(Bucket::new(Instant::now()))),
+            state: Mutex::new(State {
+                bucket: Bucket::new(Instant::now()),
+                held: None,
+                flusher: false,
+            }),
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
         }
     }
+}
+
+#[derive(Debug)]
+struct State {
+    bucket: Bucket,
+    /// The newest refusal held back. Whenever refusals are held back, one
+    /// is here, and the flusher records it with the count of the others
+    /// unless a later record carries them first.
+    held: Option<Held>,
+    /// Whether a flusher task is waiting for the next token.
+    flusher: bool,
+}
+
+/// One refusal, as its record will name it.
+#[derive(Debug, Clone)]
+struct Held {
+    reason: String,
+    route: String,
+    key_id: Option<String>,
+    request_id: Option<RequestId>,
 }
 
 impl Refusals {
@@ -106,37 +166,121 @@ impl Refusals {
         key_id: Option<String>,
         request_id: Option<&RequestId>,
     ) {
-        let suppressed = match self.bucket.lock() {
-            Ok(mut b) => match b.admit(Instant::now()) {
-                Admit::Record { suppressed } => suppressed,
-                Admit::Suppress => return,
-            },
-            // A poisoned lock only means a panic elsewhere; record anyway.
-            Err(_) => 0,
+        let held = Held {
+            reason: reason.to_owned(),
+            route: route.to_owned(),
+            key_id,
+            request_id: request_id.cloned(),
         };
+        let Ok(mut st) = self.shared.state.lock() else {
+            return;
+        };
+        match st.bucket.admit(Instant::now()) {
+            Admit::Record { suppressed } => {
+                // This record carries every refusal held back so far.
+                st.held = None;
+                drop(st);
+                self.shared.write(audit, held, suppressed);
+            }
+            Admit::Suppress => {
+                st.held = Some(held);
+                if !st.flusher {
+                    st.flusher = true;
+                    drop(st);
+                    tokio::spawn(flusher(self.shared.clone(), audit.clone()));
+                }
+            }
+        }
+    }
+
+    /// At shutdown: records what is held back (past the rate limit, since
+    /// nothing comes after), then waits for every record to be appended.
+    pub async fn flush(&self, audit: &AuditLog) {
+        let drained = self.shared.state.lock().ok().and_then(|mut st| {
+            let n = st.bucket.drain(Instant::now(), true)?;
+            Some((st.held.take()?, n))
+        });
+        if let Some((held, n)) = drained {
+            self.shared.write(audit, held, n.saturating_sub(1));
+        }
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Shared {
+    /// Appends the record of `held`, standing for itself and `suppressed`
+    /// other refusals. A record that cannot be appended is held back
+    /// again, count and all, for the next record or the flusher.
+    fn write(self: &Arc<Self>, audit: &AuditLog, held: Held, suppressed: u64) {
         let tenant = crate::ops::system_tenant();
         let event = AuditEvent {
             tenant: tenant.clone(),
             turn: None,
-            request_id: request_id.cloned(),
+            request_id: held.request_id.clone(),
             at_ms: now_ms(),
             kind: EventKind::AuthRefused {
-                reason: reason.to_owned(),
-                route: route.to_owned(),
-                key_id,
+                reason: held.reason.clone(),
+                route: held.route.clone(),
+                key_id: held.key_id.clone(),
                 suppressed,
             },
         };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let shared = self.clone();
         let audit = audit.clone();
-        let bucket = self.bucket.clone();
         tokio::spawn(async move {
             if let Err(e) = audit.append_turn(&tenant, None, vec![event]).await {
                 tracing::error!(error = %e, "cannot record a refused authentication in the audit log; its count is carried to the next record");
-                if let Ok(mut b) = bucket.lock() {
-                    b.restore(suppressed.saturating_add(1));
+                if let Ok(mut st) = shared.state.lock() {
+                    st.bucket.restore(suppressed.saturating_add(1));
+                    st.held.get_or_insert(held);
+                    if !st.flusher {
+                        st.flusher = true;
+                        tokio::spawn(flusher(shared.clone(), audit.clone()));
+                    }
                 }
             }
+            if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.idle.notify_waiters();
+            }
         });
+    }
+}
+
+/// Waits for the bucket's next token and records the refusals held back
+/// then, unless a record carried them meanwhile; so a flood's count is in
+/// the log at most about one [`REFILL`] after the flood, not only at the
+/// next refusal.
+async fn flusher(shared: Arc<Shared>, audit: AuditLog) {
+    loop {
+        tokio::time::sleep(REFILL).await;
+        let Ok(mut st) = shared.state.lock() else {
+            return;
+        };
+        match st.bucket.drain(Instant::now(), false) {
+            Some(n) => {
+                st.flusher = false;
+                let held = st.held.take();
+                drop(st);
+                if let Some(held) = held {
+                    shared.write(&audit, held, n.saturating_sub(1));
+                }
+                return;
+            }
+            None if st.bucket.held_back() == 0 => {
+                st.flusher = false;
+                st.held = None;
+                return;
+            }
+            // Later refusals took the tokens and still some are held back.
+            None => {}
+        }
     }
 }
 
@@ -201,6 +345,24 @@ mod tests {
         // the ones after the last record, which the next record will carry.
         let per_refill = REFILL.as_millis() as u64 / 10;
         assert!(accounted <= n && accounted + per_refill >= n, "{accounted}");
+    }
+
+    #[test]
+    fn held_back_refusals_are_drained_by_a_token_or_at_shutdown() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        assert_eq!(b.drain(t0, false), None, "nothing held back");
+        for _ in 0..BURST {
+            b.admit(t0);
+        }
+        for _ in 0..3 {
+            b.admit(t0);
+        }
+        assert_eq!(b.drain(t0, false), None, "no token yet");
+        assert_eq!(b.drain(t0 + REFILL, false), Some(3));
+        assert_eq!(b.held_back(), 0);
+        b.admit(t0 + REFILL);
+        assert_eq!(b.drain(t0 + REFILL, true), Some(1), "forced at shutdown");
     }
 
     #[test]

@@ -517,6 +517,17 @@ async fn serve(
     }
     dashboard_task.abort();
     mcp.shutdown().await;
+    // Refused authentications are recorded after their 401s; the ones in
+    // flight or held back by the rate limit go in before the log closes.
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        state.refusals.flush(&state.audit),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("the audit log did not take the last refused authentications within 5 s");
+    }
     store
         .flush()
         .await
