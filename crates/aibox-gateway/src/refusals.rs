@@ -185,9 +185,7 @@ impl Refusals {
             Admit::Suppress => {
                 st.held = Some(held);
                 if !st.flusher {
-                    st.flusher = true;
-                    drop(st);
-                    tokio::spawn(flusher(self.shared.clone(), audit.clone()));
+                    st.flusher = spawn(flusher(self.shared.clone(), audit.clone()));
                 }
             }
         }
@@ -234,15 +232,14 @@ impl Shared {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let shared = self.clone();
         let audit = audit.clone();
-        tokio::spawn(async move {
+        let spawned = spawn(async move {
             if let Err(e) = audit.append_turn(&tenant, None, vec![event]).await {
                 tracing::error!(error = %e, "cannot record a refused authentication in the audit log; its count is carried to the next record");
                 if let Ok(mut st) = shared.state.lock() {
                     st.bucket.restore(suppressed.saturating_add(1));
                     st.held.get_or_insert(held);
                     if !st.flusher {
-                        st.flusher = true;
-                        tokio::spawn(flusher(shared.clone(), audit.clone()));
+                        st.flusher = spawn(flusher(shared.clone(), audit.clone()));
                     }
                 }
             }
@@ -250,6 +247,9 @@ impl Shared {
                 shared.idle.notify_waiters();
             }
         });
+        if !spawned {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -280,6 +280,22 @@ async fn flusher(shared: Arc<Shared>, audit: AuditLog) {
             }
             // Later refusals took the tokens and still some are held back.
             None => {}
+        }
+    }
+}
+
+/// Spawns on the current runtime. Every caller runs inside one (the edge,
+/// the ops API, the dashboard); outside one the record is dropped with an
+/// error rather than a panic.
+fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn(fut);
+            true
+        }
+        Err(_) => {
+            tracing::error!("a refused authentication was not recorded: no async runtime");
+            false
         }
     }
 }
