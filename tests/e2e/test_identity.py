@@ -707,6 +707,11 @@ def test_refused_authentications_are_in_the_audit_log_rate_limited_and_counted(c
     for secret in (wrong_secret.split("_", 2)[2], first[1][1], good.split("_", 2)[2]):
         assert secret not in text
 
+    # The metric counts every refusal by reason.
+    metrics = gw.ops().get("/metrics").text
+    counts = {m.group(1): float(m.group(2)) for m in re.finditer(r'^aibox_auth_refusals_total\{reason="([a-z_]+)"\} (\S+)$', metrics, re.M)}
+    assert counts == {"missing": 1, "not_an_api_key": 1, "unknown_api_key": 151}, counts
+
     # A flood right before a shutdown is accounted for by the shutdown.
     flood(30, "late")
     assert gw.proc.stop(30) == 0, gw.stderr()[-2000:]

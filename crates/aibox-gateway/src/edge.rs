@@ -117,6 +117,13 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
             Err(failure) => {
                 if let Some(r) = failure.refusal {
                     state
+                        .metrics
+                        .auth_refusals
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: r.reason.to_owned(),
+                        })
+                        .inc();
+                    state
                         .refusals
                         .record(&state.audit, r.reason, &route, r.key_id, Some(&rid));
                 }

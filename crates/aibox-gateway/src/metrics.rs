@@ -136,6 +136,14 @@ pub struct ScopeLabels {
     pub scope: String,
 }
 
+/// Labels naming why a credential was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The reason code the client got (`unknown_api_key`, `expired`, ...):
+    /// a fixed set, from the code, never from the request.
+    pub reason: String,
+}
+
 /// Labels of tool-call counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ToolLabels {
@@ -213,6 +221,8 @@ pub struct Metrics {
     pub guardrail_blocks: Counter,
     /// Ops API requests and dashboard logins refused for a missing or wrong credential.
     pub ops_auth_failures: Counter,
+    /// Main-listener requests refused for their credential, by reason.
+    pub auth_refusals: Family<ReasonLabels, Counter>,
     /// Guardrail verdicts recorded in model and route turns.
     pub guardrail_verdicts: Family<VerdictLabels, Counter>,
     /// Time from submitting a turn to the audit log to its commit.
@@ -289,6 +299,12 @@ impl Metrics {
             "Ops API requests and dashboard logins refused for a missing or wrong credential",
             ops_auth_failures.clone(),
         );
+        let auth_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_refusals",
+            "Requests to the main listener refused for a missing or bad credential, by reason",
+            auth_refusals.clone(),
+        );
         let guardrail_verdicts = Family::<VerdictLabels, Counter>::default();
         registry.register(
             "guardrail_verdicts",
@@ -341,6 +357,7 @@ impl Metrics {
             models: Bounded::new(MAX_MODELS),
             tenants: Bounded::new(MAX_TENANTS),
             ops_auth_failures,
+            auth_refusals,
             guardrail_blocks,
             registry,
             requests,
