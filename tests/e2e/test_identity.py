@@ -699,10 +699,11 @@ def test_refused_authentications_are_in_the_audit_log_rate_limited_and_counted(c
     assert by_rid["refused-wrong-secret"]["key_id"] == good_id
     assert by_rid["refused-missing"]["key_id"] is None and by_rid["refused-garbage"]["key_id"] is None
     # The timer's record is the newest refusal held back, with the others'
-    # count.
+    # count (one record per 10 s of flood before it, on a slow machine).
     counted = [e for e in events if e["suppressed"] > 0]
-    assert len(counted) == 1 and counted[0]["request_id"] == "flood-149", counted
-    assert (counted[0]["reason"], counted[0]["route"], counted[0]["key_id"]) == ("unknown_api_key", "/v1/models", good_id)
+    assert counted and len(counted) <= 1 + flood_secs / 10 + 1, (counted, flood_secs)
+    assert counted[-1]["request_id"] == "flood-149", counted
+    assert (counted[-1]["reason"], counted[-1]["route"], counted[-1]["key_id"]) == ("unknown_api_key", "/v1/models", good_id)
     # No credential, or any part of one, is in the log.
     for secret in (wrong_secret.split("_", 2)[2], first[1][1], good.split("_", 2)[2]):
         assert secret not in text
