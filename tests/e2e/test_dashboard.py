@@ -158,9 +158,9 @@ def test_dashboard_logins_and_logouts_are_audited_and_a_login_fails_closed(clust
         deadline = time.monotonic() + 10
         while len(refused := system_actions(d, "auth_refused")) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [(e["reason"], e["route"]) for e in refused] == [
-            ("wrong_dashboard_token", "dashboard/login"),
-            ("wrong_dashboard_password", "dashboard/login"),
+        assert [(e["reason"], e["route"], e["peer"]) for e in refused] == [
+            ("wrong_dashboard_token", "dashboard/login", "127.0.0.1"),
+            ("wrong_dashboard_password", "dashboard/login", "127.0.0.1"),
         ], refused
         assert "not-the-token" not in json.dumps(refused) and "wrong horse" not in json.dumps(refused)
 

@@ -697,6 +697,8 @@ def test_refused_authentications_are_in_the_audit_log_rate_limited_and_counted(c
         e = by_rid[rid]
         assert (e["reason"], e["route"], e["suppressed"]) == (reason, "/v1/chat/completions", 0), e
     assert by_rid["refused-wrong-secret"]["key_id"] == good_id
+    # Every record names the connection's peer (this test's loopback).
+    assert {e["peer"] for e in events} == {"127.0.0.1"}, events
     assert by_rid["refused-missing"]["key_id"] is None and by_rid["refused-garbage"]["key_id"] is None
     # The timer's record is the newest refusal held back, with the others'
     # count (one record per 10 s of flood before it, on a slow machine).

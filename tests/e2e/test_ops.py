@@ -135,6 +135,7 @@ def test_refusals_are_counted(shared, module_cluster):
             break
         time.sleep(0.2)
     assert {e["reason"] for e in refused} >= {"wrong_ops_token"}, events
+    assert {e["peer"] for e in refused} == {"127.0.0.1"}, refused
     assert "nope-wrong-ops-token" not in json.dumps(events)
 
 

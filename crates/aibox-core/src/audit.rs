@@ -169,6 +169,9 @@ pub enum EventKind {
         /// The presented gateway API key's public id, when the credential
         /// parsed as one (never its secret part).
         key_id: Option<String>,
+        /// The IP address of the connection's peer (behind a load
+        /// balancer, the balancer's).
+        peer: Option<String>,
         /// Refusals since the previous record that were not recorded one
         /// by one (the rate limit); each is counted here, so the records
         /// account for every refusal.

@@ -52,6 +52,16 @@ fn same_header(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(*x) == norm(*y))
 }
 
+/// The IP address of a request's connection peer, which the listener puts
+/// in every request's extensions (behind a load balancer, the balancer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// The peer of a request, if the listener recorded one.
+pub fn peer_of(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<Peer>().map(|p| p.0)
+}
+
 /// The edge middleware.
 pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -123,9 +133,14 @@ pub async fn edge(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
                             reason: r.reason.to_owned(),
                         })
                         .inc();
-                    state
-                        .refusals
-                        .record(&state.audit, r.reason, &route, r.key_id, Some(&rid));
+                    state.refusals.record(
+                        &state.audit,
+                        r.reason,
+                        &route,
+                        r.key_id,
+                        peer_of(&req),
+                        Some(&rid),
+                    );
                 }
                 // Refused before the body was read: hyper will not reuse a
                 // connection with an unread body, so say so; otherwise a

@@ -110,9 +110,13 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus metrics: OpenMetrics when the scraper asks for it (as
 /// Prometheus does), else the text format 0.0.4. Needs the ops token when
 /// the ops listener is not on loopback.
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(
+    State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::edge::Peer>>,
+    headers: HeaderMap,
+) -> Response {
     if state.ops_public
-        && let Err(refused) = check_token(&state, &headers)
+        && let Err(refused) = check_token(&state, &headers, peer.map(|p| p.0.0))
     {
         return *refused;
     }
@@ -360,7 +364,11 @@ pub async fn reload_config(state: &AppState, actor: &str) -> Result<String, Stri
 /// Checks `Authorization: Bearer OPS_CONTROLLER_TOKEN` in constant time.
 /// With no token configured every caller is refused: the actions are never
 /// open, whatever the listener's address.
-fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+fn check_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), Box<Response>> {
     let current = state.ops_token.load_full();
     let Some(token) = current.as_deref() else {
         return Err(Box::new((
@@ -388,7 +396,7 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response
     };
     state
         .refusals
-        .record(&state.audit, reason, "ops", None, None);
+        .record(&state.audit, reason, "ops", None, peer, None);
     tracing::warn!("ops API: request refused, missing or wrong OPS_CONTROLLER_TOKEN");
     let mut resp = (
         StatusCode::UNAUTHORIZED,
@@ -406,7 +414,7 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    if let Err(refused) = check_token(&state, req.headers()) {
+    if let Err(refused) = check_token(&state, req.headers(), crate::edge::peer_of(&req)) {
         return *refused;
     }
     let mut resp = next.run(req).await;

@@ -1,7 +1,7 @@
 //! Refused authentications in the audit log: each 401 of the edge becomes
 //! an `auth_refused` event of the `_aibox` system tenant (the reason, the
-//! route, a presented API key's public id, never the credential), at a
-//! bounded rate.
+//! route, a presented API key's public id, the peer's address, never the
+//! credential), at a bounded rate.
 //!
 //! Why a rate: every record is a durable append to a log that is never
 //! pruned, so an unauthenticated caller must not be able to make it grow
@@ -150,6 +150,7 @@ struct Held {
     reason: String,
     route: String,
     key_id: Option<String>,
+    peer: Option<String>,
     request_id: Option<RequestId>,
 }
 
@@ -157,19 +158,21 @@ impl Refusals {
     /// Records (or counts) one refused authentication in `audit`, without
     /// waiting for the append. `route` names what was asked for (a route
     /// pattern, `ops`, `dashboard/login`); `key_id` is the public id of a
-    /// refused gateway API key.
+    /// refused gateway API key; `peer` the connection's peer address.
     pub fn record(
         &self,
         audit: &AuditLog,
         reason: &str,
         route: &str,
         key_id: Option<String>,
+        peer: Option<std::net::IpAddr>,
         request_id: Option<&RequestId>,
     ) {
         let held = Held {
             reason: reason.to_owned(),
             route: route.to_owned(),
             key_id,
+            peer: peer.map(|p| p.to_string()),
             request_id: request_id.cloned(),
         };
         let Ok(mut st) = self.shared.state.lock() else {
@@ -226,6 +229,7 @@ impl Shared {
                 reason: held.reason.clone(),
                 route: held.route.clone(),
                 key_id: held.key_id.clone(),
+                peer: held.peer.clone(),
                 suppressed,
             },
         };

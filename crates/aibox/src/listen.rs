@@ -100,7 +100,14 @@ pub async fn serve(
                 if nodelay {
                     let _ = tcp.set_nodelay(true);
                 }
-                let service = TowerToHyperService::new(router.clone());
+                // Every request learns its connection's peer (for the
+                // records of refused credentials), without a per-connection
+                // copy of the router.
+                let peer_ip = aibox_gateway::edge::Peer(peer.ip());
+                let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                    router.clone(),
+                    with_peer(peer_ip),
+                ));
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
@@ -127,6 +134,16 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Puts the connection's peer into each request's extensions.
+fn with_peer<B>(
+    peer: aibox_gateway::edge::Peer,
+) -> impl Fn(axum::http::Request<B>) -> axum::http::Request<B> + Clone {
+    move |mut r| {
+        r.extensions_mut().insert(peer);
+        r
+    }
 }
 
 /// Errors of `accept` that concern one queued connection, not the process.

@@ -328,10 +328,11 @@ static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_n
 /// `Authorization: Basic` (any user name) with an empty body.
 async fn login(
     State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::edge::Peer>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match login_inner(&state, &headers, &body).await {
+    match login_inner(&state, &headers, &body, peer.map(|p| p.0.0)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -341,6 +342,7 @@ async fn login_inner(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Response, ApiError> {
     if !same_origin(headers) {
         return Err(forbidden_csrf("cross-origin login refused"));
@@ -398,11 +400,11 @@ async fn login_inner(
                 // The permit is held through the pause: guesses are
                 // serialised across all clients to a few per second.
                 tokio::time::sleep(FAILED_PASSWORD_PAUSE).await;
-                return Err(refused_login(state, "password"));
+                return Err(refused_login(state, "password", peer));
             }
             "password"
         }
-        (Some(_), _) => return Err(refused_login(state, "token")),
+        (Some(_), _) => return Err(refused_login(state, "token", peer)),
         (None, None) => return Err(ApiError::bad_request("give a token or a password", None)),
     };
     let (id, session) = state.dashboard.open(method).map_err(|e| {
@@ -614,13 +616,14 @@ fn session_target(method: &str, user: Option<&str>) -> String {
     }
 }
 
-fn refused_login(state: &AppState, method: &str) -> ApiError {
+fn refused_login(state: &AppState, method: &str, peer: Option<std::net::IpAddr>) -> ApiError {
     state.metrics.ops_auth_failures.inc();
     state.refusals.record(
         &state.audit,
         &format!("wrong_dashboard_{method}"),
         "dashboard/login",
         None,
+        peer,
         None,
     );
     tracing::warn!(method, "dashboard login refused: wrong credential");
