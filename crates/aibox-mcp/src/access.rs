@@ -27,7 +27,7 @@ use std::time::Instant;
 use aibox_core::audit::{EventKind, GuardStage, Sha256Hex};
 use serde_json::{Map, Value, json};
 
-use crate::gateway::{CallContext, DefinitionCheck, McpGateway, Recorder, Server, Stop};
+use crate::gateway::{CallContext, McpGateway, Recorder, Server, Stop};
 use crate::names;
 use crate::passthrough::{self, wrap_uri};
 use crate::policy::{self, Denial, ToolVerdict};
@@ -183,14 +183,14 @@ impl McpGateway {
             .unwrap_or("")
             .to_owned();
         let text = serde_json::to_string(&entry).unwrap_or_default();
-        match self.check_definition(principal, &server.spec.name, &name, &text) {
-            DefinitionCheck::Pass(None) => Some(entry),
-            DefinitionCheck::Pass(Some(redacted)) => Some(redacted),
-            DefinitionCheck::Blocked { reason, .. } => {
-                tracing::warn!(server = %server.spec.name, kind = kind.word(), entry = %names::printable(&name), reason = %reason, "entry withheld from the {} list: the guardrail refused its description (tool poisoning?)", kind.word());
-                None
-            }
-        }
+        self.listed(
+            principal,
+            &server.spec.name,
+            kind.word(),
+            &name,
+            &text,
+            &entry,
+        )
     }
 
     /// `resources/list`: the resources `principal` may read, with

@@ -717,18 +717,15 @@ impl McpGateway {
                 let Ok(full) = names::join(&server.spec.name, &t.name) else {
                     continue;
                 };
-                let mut def = match self.check_definition(
+                let Some(mut def) = self.listed(
                     principal,
                     &server.spec.name,
+                    "tools",
                     &t.name,
                     &t.text,
-                ) {
-                    DefinitionCheck::Pass(None) => t.def.clone(),
-                    DefinitionCheck::Pass(Some(redacted)) => redacted,
-                    DefinitionCheck::Blocked { reason, .. } => {
-                        tracing::warn!(server = %server.spec.name, tool = %t.name, reason = %reason, "tool withheld from tools/list: the guardrail refused its definition (tool poisoning?)");
-                        continue;
-                    }
+                    &t.def,
+                ) else {
+                    continue;
                 };
                 if let Some(o) = def.as_object_mut() {
                     o.insert("name".into(), Value::String(full));
@@ -1183,6 +1180,28 @@ pub(crate) enum DefinitionCheck {
 }
 
 impl McpGateway {
+    /// A list entry (of `list`: `tools`, `prompts`, `resources`) as the
+    /// guardrail lets it be listed: `def` itself, redacted, or, with a
+    /// warning, not at all.
+    pub(crate) fn listed(
+        &self,
+        principal: &Principal,
+        server: &str,
+        list: &str,
+        name: &str,
+        text: &str,
+        def: &Value,
+    ) -> Option<Value> {
+        match self.check_definition(principal, server, name, text) {
+            DefinitionCheck::Pass(None) => Some(def.clone()),
+            DefinitionCheck::Pass(Some(redacted)) => Some(redacted),
+            DefinitionCheck::Blocked { reason, .. } => {
+                tracing::warn!(server, list, entry = %names::printable(name), reason = %reason, "entry withheld from the {list} list: the guardrail refused its description (tool poisoning?)");
+                None
+            }
+        }
+    }
+
     /// Runs a definition (a tool's, or a prompt's or resource's list
     /// entry: whatever a client may show the model as guidance) named
     /// `name`, as JSON `text`, through the guardrail for `principal`

@@ -152,23 +152,20 @@ impl ToolGuard for TestGuard {
         text: &str,
     ) -> GuardOutcome {
         let mut out = GuardOutcome::allow("test");
-        if stage == GuardStage::ToolArguments && text.contains("AKIA") {
+        let block = |out: &mut GuardOutcome, scanner: &str, rule: &str| {
             out.action = GuardAction::Block;
-            out.reason = Some("secrets/aws_access_key".into());
+            out.reason = Some(format!("{scanner}/{rule}"));
             out.findings = vec![FindingCount {
-                scanner: "secrets".into(),
-                rule: "aws_access_key".into(),
+                scanner: scanner.into(),
+                rule: rule.into(),
                 count: 1,
             }];
+        };
+        if stage == GuardStage::ToolArguments && text.contains("AKIA") {
+            block(&mut out, "secrets", "aws_access_key");
         }
         if stage == GuardStage::ToolResult && text.contains("<IMPORTANT>") {
-            out.action = GuardAction::Block;
-            out.reason = Some("prompt_injection/tool_hidden_instruction_tag".into());
-            out.findings = vec![FindingCount {
-                scanner: "prompt_injection".into(),
-                rule: "tool_hidden_instruction_tag".into(),
-                count: 1,
-            }];
+            block(&mut out, "prompt_injection", "tool_hidden_instruction_tag");
             return out;
         }
         if stage == GuardStage::ToolResult && text.contains("hunter2") {
